@@ -1,0 +1,91 @@
+//! The command line, as clap reads it. Doc comments here are the `--help` text; every flag can
+//! also be set through a `SIGRELAY_*` environment variable. Nothing outside `config.rs` uses
+//! this type: it is turned into a validated [`crate::Config`] first.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+/// Browser video chat for a room full of people, in one binary: sigrelay serves the web pages
+/// and relays WebRTC signaling between browsers over Server-Sent Events. No database, no other
+/// server.
+///
+/// Open the printed URL in two browsers, create a room in one and join it from the other.
+/// Speaks the Flask + flask-sse protocol: GET /stream?channel=NAME (EventSource) and
+/// POST /channel/send/NAME/TYPE.
+#[derive(Debug, Parser)]
+#[command(name = "sigrelay", version, about, long_about)]
+pub struct Cli {
+    /// Address to listen on; repeat to listen on several. Port 0 picks a free port (the bound
+    /// address is printed at start-up).
+    #[arg(
+        long = "bind",
+        value_name = "ADDR",
+        env = "SIGRELAY_BIND",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:8000"
+    )]
+    pub bind: Vec<SocketAddr>,
+
+    /// Events kept per channel, so a subscriber that reconnects with Last-Event-ID (or falls
+    /// behind) gets what it missed.
+    #[arg(long, value_name = "N", env = "SIGRELAY_HISTORY", default_value_t = 64)]
+    pub history: usize,
+
+    /// Seconds a channel with no subscribers keeps its history before it is removed.
+    #[arg(
+        long = "history-ttl",
+        value_name = "SECS",
+        env = "SIGRELAY_HISTORY_TTL",
+        default_value_t = 60.0
+    )]
+    pub history_ttl: f64,
+
+    /// Largest message body accepted by POST /channel/send/..., in bytes (larger: 413).
+    #[arg(
+        long = "max-body",
+        value_name = "BYTES",
+        env = "SIGRELAY_MAX_BODY",
+        default_value_t = 65536
+    )]
+    pub max_body: usize,
+
+    /// Seconds between keep-alive comments on an idle stream.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "SIGRELAY_KEEPALIVE",
+        default_value_t = 15.0
+    )]
+    pub keepalive: f64,
+
+    /// Distinct peers (streams opened with `peer=ID`, as the built-in call page does) allowed in
+    /// one room; one more gets 409 "room is full". Streams without a peer id are not counted.
+    #[arg(
+        long = "room-capacity",
+        value_name = "N",
+        env = "SIGRELAY_ROOM_CAPACITY",
+        default_value_t = 2
+    )]
+    pub room_capacity: usize,
+
+    /// A STUN or TURN server URL handed to the pages in GET /config (for example
+    /// stun:stun.example.org:3478); repeat for several. Default: none, which is right on a LAN.
+    #[arg(
+        long = "ice-server",
+        value_name = "URL",
+        env = "SIGRELAY_ICE_SERVER",
+        value_delimiter = ','
+    )]
+    pub ice_server: Vec<String>,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive such as
+    /// `sigrelay=debug`.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        env = "SIGRELAY_LOG",
+        default_value = "info"
+    )]
+    pub log: String,
+}

@@ -1,0 +1,116 @@
+//! The validated configuration. Built from the [`crate::cli::Cli`] (or directly by tests) and
+//! checked once, so the rest of the code can trust every value.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::cli::Cli;
+use crate::hub::HubSettings;
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: Vec<SocketAddr>,
+    pub hub: HubSettings,
+    /// Largest accepted publish body, bytes.
+    pub max_body: usize,
+    /// Interval of keep-alive comments on idle streams.
+    pub keepalive: Duration,
+    /// The `retry:` a stream asks clients to wait before reconnecting, milliseconds.
+    pub retry_ms: u64,
+    /// STUN/TURN URLs for `GET /config`.
+    pub ice_servers: Vec<String>,
+    /// How long shutdown waits for open connections before giving up on them.
+    pub drain_timeout: Duration,
+    /// How long a client may take to send a request head.
+    pub header_timeout: Duration,
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: vec![SocketAddr::from(([0, 0, 0, 0], 8000))],
+            hub: HubSettings {
+                history: 64,
+                history_ttl: Duration::from_secs(60),
+                room_capacity: 2,
+                broadcast_capacity: 16,
+            },
+            max_body: 64 * 1024,
+            keepalive: Duration::from_secs(15),
+            retry_ms: 2000,
+            ice_servers: Vec::new(),
+            drain_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
+            log: "info".into(),
+        }
+    }
+}
+
+/// A flag value that cannot work, with the flag's name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn seconds(flag: &str, value: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
+    if !(value.is_finite() && (min..=max).contains(&value)) {
+        return Err(ConfigError(format!(
+            "--{flag} must be between {min} and {max} seconds, got {value}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = ConfigError;
+
+    fn try_from(cli: Cli) -> Result<Self, ConfigError> {
+        let defaults = Config::default();
+        if cli.bind.is_empty() {
+            return Err(ConfigError("--bind needs at least one address".into()));
+        }
+        if cli.history > 100_000 {
+            return Err(ConfigError("--history must be at most 100000".into()));
+        }
+        if !(1..=16 * 1024 * 1024).contains(&cli.max_body) {
+            return Err(ConfigError(
+                "--max-body must be between 1 and 16777216 bytes".into(),
+            ));
+        }
+        if !(1..=1000).contains(&cli.room_capacity) {
+            return Err(ConfigError(
+                "--room-capacity must be between 1 and 1000".into(),
+            ));
+        }
+        for url in &cli.ice_server {
+            let scheme = url.split(':').next().unwrap_or("");
+            if !matches!(scheme, "stun" | "stuns" | "turn" | "turns") || url.len() < 6 {
+                return Err(ConfigError(format!(
+                    "--ice-server {url:?} is not a stun:, stuns:, turn: or turns: URL"
+                )));
+            }
+        }
+        Ok(Config {
+            bind: cli.bind,
+            hub: HubSettings {
+                history: cli.history,
+                history_ttl: seconds("history-ttl", cli.history_ttl, 0.0, 86_400.0)?,
+                room_capacity: cli.room_capacity,
+                ..defaults.hub
+            },
+            max_body: cli.max_body,
+            keepalive: seconds("keepalive", cli.keepalive, 0.05, 3600.0)?,
+            ice_servers: cli.ice_server,
+            log: cli.log,
+            ..defaults
+        })
+    }
+}

@@ -1,0 +1,110 @@
+//! The route table: one `match` on (method, path) that hands each request to its endpoint
+//! module and turns every [`ApiError`] into a response in one place.
+//!
+//! - `stream.rs`  `GET /stream?channel=NAME` (Server-Sent Events)
+//! - `publish.rs` `POST /channel/send/NAME/TYPE`
+//! - `pages.rs`   `GET /`, `/r/ROOM`, `/assets/...`, `/config`; `/healthz` is answered here
+
+mod pages;
+mod publish;
+mod stream;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::Config;
+
+/// Every response body: a whole buffer, or an endless SSE stream.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A complete body from anything that becomes `Bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+/// What every request handler shares: built once at start-up, cloned per connection.
+#[derive(Clone)]
+pub struct App {
+    pub hub: Arc<Hub>,
+    pub config: Arc<Config>,
+    /// `GET /config`, rendered once.
+    client_config: Bytes,
+}
+
+impl App {
+    pub fn new(hub: Arc<Hub>, config: Arc<Config>) -> Self {
+        let ice_servers: Vec<_> = config
+            .ice_servers
+            .iter()
+            .map(|url| serde_json::json!({ "urls": url }))
+            .collect();
+        let client_config = serde_json::json!({ "iceServers": ice_servers }).to_string();
+        App {
+            hub,
+            config,
+            client_config: Bytes::from(client_config),
+        }
+    }
+
+    /// `GET /healthz`: liveness plus counts (never names: room names are not listed anywhere).
+    fn health(&self) -> Bytes {
+        format!(
+            "{{\"status\": \"ok\", \"channels\": {}, \"subscribers\": {}}}\n",
+            self.hub.channel_count(),
+            self.hub.subscriber_count()
+        )
+        .into()
+    }
+
+    /// The service: route, run, and map errors. Never fails at the hyper level.
+    pub async fn handle(self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let result = self.route(req).await;
+        let response = result.unwrap_or_else(ApiError::into_response);
+        tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+        Ok(response)
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let path = req.uri().path();
+        let is_get = matches!(*req.method(), Method::GET | Method::HEAD);
+
+        if path == "/stream" {
+            if req.method() != Method::GET {
+                return Err(ApiError::MethodNotAllowed("GET"));
+            }
+            return stream::subscribe(self, &req);
+        }
+        if let Some(rest) = path.strip_prefix("/channel/send/") {
+            if req.method() != Method::POST {
+                return Err(ApiError::MethodNotAllowed("POST"));
+            }
+            let rest = rest.to_owned();
+            return publish::publish(self, &rest, req).await;
+        }
+        let page = match path {
+            "/" => pages::file("index.html", &req),
+            "/config" => Ok(pages::json(self.client_config.clone())),
+            "/healthz" => Ok(pages::json(self.health())),
+            _ if path.starts_with("/r/") => pages::room(&path[3..], &req),
+            _ if path.starts_with("/assets/") => pages::file(&path[8..], &req),
+            _ => Err(ApiError::NotFound),
+        };
+        if !is_get {
+            // Only reached for paths that exist: an unknown path is 404 whatever the method.
+            return match page {
+                Err(ApiError::NotFound) => Err(ApiError::NotFound),
+                _ => Err(ApiError::MethodNotAllowed("GET, HEAD")),
+            };
+        }
+        page
+    }
+}

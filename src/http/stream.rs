@@ -1,0 +1,97 @@
+//! `GET /stream?channel=NAME`: a Server-Sent Events response fed by one hub subscription.
+//!
+//! The body is a `Stream` of `Bytes` frames: the preamble, then whatever the subscription
+//! yields, with a keep-alive comment whenever it has been quiet for `--keepalive`. It ends when
+//! the subscription ends (shutdown, or the same peer reconnected elsewhere).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{header, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+
+use super::{App, Body};
+use crate::error::ApiError;
+use crate::hub::{StartAt, Subscription};
+use crate::names::{query_pairs, ChannelName, PeerId};
+use crate::sse;
+
+/// flask-sse's channel when a request names none.
+const DEFAULT_CHANNEL: &str = "sse";
+
+pub fn subscribe<B>(app: &App, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+    let mut channel = None;
+    let mut peer = None;
+    let mut last_event_id = None;
+    for pair in query_pairs(req.uri().query().unwrap_or("")) {
+        let (key, value) = pair?;
+        match key.as_str() {
+            "channel" => channel = Some(value),
+            "peer" => peer = Some(PeerId::parse(&value)?),
+            "lastEventId" => last_event_id = Some(value),
+            // Cache-busters and the like are harmless; ignore unknown parameters.
+            _ => {}
+        }
+    }
+    // flask-sse falls back to the channel "sse" when none (or an empty one) is given.
+    let channel = match channel.as_deref() {
+        None | Some("") => ChannelName::parse(DEFAULT_CHANNEL)?,
+        Some(name) => ChannelName::parse(name)?,
+    };
+    // The header (set by EventSource on reconnect) wins over the first-connect parameter.
+    if let Some(header) = req.headers().get("last-event-id") {
+        let value = header
+            .to_str()
+            .map_err(|_| ApiError::BadRequest("Last-Event-ID is not ASCII".into()))?;
+        last_event_id = Some(value.to_owned());
+    }
+    let start = match last_event_id {
+        Some(id) => StartAt::After(id),
+        None => StartAt::Live,
+    };
+
+    let subscription = app.hub.subscribe(&channel, start, peer)?;
+    let body = sse_body(
+        subscription,
+        sse::preamble(app.config.retry_ms),
+        app.config.keepalive,
+    );
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx (and proxies that copy it) not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+struct StreamState {
+    subscription: Subscription,
+    preamble: Option<Bytes>,
+    keepalive: Duration,
+}
+
+fn sse_body(subscription: Subscription, preamble: Bytes, keepalive: Duration) -> Body {
+    let state = StreamState {
+        subscription,
+        preamble: Some(preamble),
+        keepalive,
+    };
+    let frames = stream::unfold(state, |mut state| async move {
+        if let Some(preamble) = state.preamble.take() {
+            return Some((Ok::<_, Infallible>(Frame::data(preamble)), state));
+        }
+        let frame = tokio::select! {
+            frame = state.subscription.recv() => frame?,
+            _ = tokio::time::sleep(state.keepalive) => sse::KEEPALIVE,
+        };
+        Some((Ok(Frame::data(frame)), state))
+    });
+    StreamBody::new(frames).boxed_unsync()
+}

@@ -1,0 +1,42 @@
+//! sigrelay: browser video chat in one binary. It serves the call pages and relays WebRTC
+//! signaling between browsers over Server-Sent Events, speaking the wire protocol of the
+//! Flask + flask-sse project it replaces (`GET /stream?channel=NAME`,
+//! `POST /channel/send/NAME/TYPE`), with replay of missed messages and no database.
+//!
+//! # Layout
+//! Dependencies point one way: `main → server → http → {hub, sse, assets, names} → {config, error}`.
+//! - [`cli`] / [`config`]: the raw command line, and the validated [`Config`] built from it.
+//! - [`shutdown`]: SIGINT/SIGTERM → one `CancellationToken`.
+//! - [`server`]: accept loops, hyper connections, graceful drain.
+//! - [`http`]: the route table and the endpoints; [`error`]: errors → status + JSON, in one place.
+//! - [`hub`]: channels, fan-out, history, presence; knows nothing of HTTP.
+//! - [`sse`]: frame encoding; [`names`]: validated channel/type/peer names; [`assets`]: the
+//!   embedded pages.
+
+pub mod assets;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod names;
+pub mod server;
+pub mod shutdown;
+pub mod sse;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// Runs the relay on already-bound listeners until `shutdown` is cancelled, then drains.
+/// `main` and the tests both call this.
+pub async fn run(listeners: Vec<TcpListener>, config: Config, shutdown: CancellationToken) {
+    let config = Arc::new(config);
+    let hub = Arc::new(hub::Hub::new(config.hub.clone(), shutdown.clone()));
+    tokio::spawn(hub.clone().run_reaper());
+    let app = http::App::new(hub, config);
+    server::serve(listeners, app, shutdown).await;
+}

@@ -1,0 +1,237 @@
+//! Validated names from the request target: channel (room) names, event types and peer ids,
+//! plus the strict percent-decoding they go through.
+//!
+//! Validation lives here, apart from HTTP, because these rules are what keeps a client from
+//! injecting SSE fields: a name that passes can be written into a frame verbatim.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Longest channel name we accept (characters, all ASCII).
+pub const MAX_CHANNEL_LEN: usize = 128;
+/// Longest event type we accept.
+pub const MAX_TYPE_LEN: usize = 64;
+/// Longest peer id we accept.
+pub const MAX_PEER_LEN: usize = 64;
+
+/// Why a name was refused; the text is shown to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameError {
+    BadPercentEncoding,
+    Empty(&'static str),
+    TooLong(&'static str, usize),
+    BadCharacter(&'static str, &'static str),
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::BadPercentEncoding => f.write_str("invalid percent-encoding"),
+            NameError::Empty(what) => write!(f, "{what} must not be empty"),
+            NameError::TooLong(what, max) => write!(f, "{what} is longer than {max} characters"),
+            NameError::BadCharacter(what, allowed) => {
+                write!(f, "{what} may only contain {allowed}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
+
+/// A channel (room) name: 1–128 characters of `[A-Za-z0-9._~-]` (URL-unreserved, so it never
+/// needs escaping in a link). Cheap to clone: the hub keys its map by it.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelName(Arc<str>);
+
+impl ChannelName {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        check(
+            raw,
+            "channel name",
+            MAX_CHANNEL_LEN,
+            "A-Z a-z 0-9 . _ ~ -",
+            |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'),
+        )?;
+        Ok(ChannelName(raw.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// An SSE event type: 1–64 characters of `[A-Za-z0-9_-]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventType(Box<str>);
+
+impl EventType {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        check(raw, "event type", MAX_TYPE_LEN, "A-Z a-z 0-9 _ -", |b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')
+        })?;
+        Ok(EventType(raw.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A client-chosen peer id (`peer=` on a stream): 1–64 characters of `[A-Za-z0-9_-]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerId(Box<str>);
+
+impl PeerId {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        check(raw, "peer id", MAX_PEER_LEN, "A-Z a-z 0-9 _ -", |b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')
+        })?;
+        Ok(PeerId(raw.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn check(
+    raw: &str,
+    what: &'static str,
+    max: usize,
+    allowed: &'static str,
+    ok: impl Fn(u8) -> bool,
+) -> Result<(), NameError> {
+    if raw.is_empty() {
+        return Err(NameError::Empty(what));
+    }
+    if raw.len() > max {
+        return Err(NameError::TooLong(what, max));
+    }
+    if !raw.bytes().all(ok) {
+        return Err(NameError::BadCharacter(what, allowed));
+    }
+    Ok(())
+}
+
+/// Decodes `%XX` escapes (and, for query strings, `+` as a space). Unlike lenient decoders it
+/// refuses a `%` not followed by two hex digits and a result that is not UTF-8, so that a
+/// malformed target is a clear 400 rather than a silently different name.
+pub fn percent_decode(raw: &str, plus_is_space: bool) -> Result<String, NameError> {
+    if !raw
+        .bytes()
+        .any(|b| b == b'%' || (plus_is_space && b == b'+'))
+    {
+        return Ok(raw.to_owned());
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .ok_or(NameError::BadPercentEncoding)?;
+                let hi = hex_value(hex[0]).ok_or(NameError::BadPercentEncoding)?;
+                let lo = hex_value(hex[1]).ok_or(NameError::BadPercentEncoding)?;
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| NameError::BadPercentEncoding)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Iterates `key=value` pairs of a query string, decoded. Pairs that fail to decode are
+/// reported as errors so a caller can refuse them.
+pub fn query_pairs(query: &str) -> impl Iterator<Item = Result<(String, String), NameError>> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        Ok((percent_decode(k, true)?, percent_decode(v, true)?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names() {
+        assert!(ChannelName::parse("room-1.a_b~c").is_ok());
+        assert!(ChannelName::parse(&"a".repeat(128)).is_ok());
+        assert_eq!(
+            ChannelName::parse(&"a".repeat(129)),
+            Err(NameError::TooLong("channel name", 128))
+        );
+        for bad in ["", "room ", "a/b", "..\u{0}", "é", "a\nb", "a%b"] {
+            assert!(ChannelName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn event_types() {
+        assert!(EventType::parse("ice1").is_ok());
+        for bad in ["", "a.b", "a\nb", "a:b", "x y", &"t".repeat(65)] {
+            assert!(EventType::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding_is_strict() {
+        assert_eq!(percent_decode("a%41b", false).unwrap(), "aAb");
+        assert_eq!(percent_decode("a+b", false).unwrap(), "a+b");
+        assert_eq!(percent_decode("a+b", true).unwrap(), "a b");
+        assert_eq!(percent_decode("..%2F", false).unwrap(), "../");
+        for bad in ["%", "%4", "%zz", "%C3%28", "a%"] {
+            assert_eq!(
+                percent_decode(bad, false),
+                Err(NameError::BadPercentEncoding),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_pairs_decode() {
+        let pairs: Vec<_> = query_pairs("channel=a%2Db&&peer=x&flag")
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("channel".into(), "a-b".into()),
+                ("peer".into(), "x".into()),
+                ("flag".into(), "".into())
+            ]
+        );
+    }
+}

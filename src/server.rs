@@ -1,0 +1,114 @@
+//! The accept loops and connection handling: one task per listener accepting TCP connections,
+//! each served by hyper (HTTP/1.1, or HTTP/2 with prior knowledge) and watched by one
+//! `GracefulShutdown`, which `serve` drains when the shutdown token fires.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::App;
+
+/// Serves every listener until `shutdown` fires, then waits up to the drain timeout for open
+/// connections (SSE streams end by themselves on shutdown; in-flight POSTs finish).
+pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Slowloris: a client that dribbles its request head is cut off.
+        .header_read_timeout(app.config.header_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+
+    // Shared by the accept loops, which take one watcher per connection; unwrapped again to
+    // drain once they have all returned.
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut accept_loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let builder = builder.clone();
+        let graceful = graceful.clone();
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        accept_loops.spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            // Usually EMFILE: back off instead of spinning on the error.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                // Signaling messages are small and latency-bound: never wait for Nagle.
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let service = service_fn(move |req| app.clone().handle(req));
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watcher().watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        });
+    }
+
+    shutdown.cancelled().await;
+    // Dropping the listeners (the accept tasks return) stops new connections at once.
+    while accept_loops.join_next().await.is_some() {}
+    let drain = app.config.drain_timeout;
+    let Ok(graceful) = Arc::try_unwrap(graceful) else {
+        unreachable!("every accept loop has returned and dropped its handle")
+    };
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(drain) => {
+            tracing::warn!("connections still open after {drain:?}; closing them")
+        }
+    }
+}
+
+/// The URLs a person can open to reach `addr`: for a wildcard address, one per interface
+/// address of that family (loopback first); otherwise the address itself.
+pub fn reachable_urls(addr: SocketAddr, scheme: &str) -> Vec<String> {
+    let port = addr.port();
+    let url = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => format!("{scheme}://{v4}:{port}/"),
+        IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{port}/"),
+    };
+    if !addr.ip().is_unspecified() {
+        return vec![url(addr.ip())];
+    }
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|iface| iface.ip())
+        .filter(|ip| ip.is_ipv4() == addr.is_ipv4() || addr.is_ipv6())
+        // Link-local IPv6 needs a zone id in a URL, which browsers do not accept.
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+        .collect();
+    ips.sort_by_key(|ip| (!ip.is_loopback(), ip.is_ipv6(), *ip));
+    ips.dedup();
+    if ips.is_empty() {
+        ips.push(if addr.is_ipv4() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        });
+    }
+    ips.into_iter().map(url).collect()
+}

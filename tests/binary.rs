@@ -1,0 +1,99 @@
+//! The real executable: starts with `--bind 127.0.0.1:0`, prints where it listens, relays, and
+//! exits 0 on SIGTERM even with streams open. Bad flags exit 2 with a clear message.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Kills the child (by its PID) if the test fails before it exits.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(args: &[&str]) -> (Guard, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigrelay"))
+        .args(args)
+        .env_remove("SIGRELAY_BIND")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + WAIT;
+    let addr = loop {
+        assert!(Instant::now() < deadline, "no URL printed");
+        let line = lines.next().expect("banner").unwrap();
+        if let Some(url) = line.trim().strip_prefix("http://") {
+            break url.trim_end_matches('/').parse().unwrap();
+        }
+    };
+    (Guard(child), addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_serves_and_stops_cleanly_on_sigterm() {
+    let (mut guard, addr) = start(&["--bind", "127.0.0.1:0", "--log", "warn"]);
+    let mut sub = SseClient::connect(addr, "/stream?channel=bin", &[]).await;
+    assert_eq!(sub.status, 200);
+    let r = request(
+        addr,
+        "POST",
+        "/channel/send/bin/request",
+        &[],
+        b"{\"sdp\":1}",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        message_of(&sub.next_message().await.unwrap()),
+        "{\"sdp\":1}"
+    );
+
+    let pid = guard.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // The open stream was ended, not cut.
+    assert!(sub.next().await.is_none());
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_reason() {
+    for args in [
+        &["--bind", "nonsense"][..],
+        &["--keepalive", "0"][..],
+        &["--max-body", "0"][..],
+        &["--ice-server", "http://x"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sigrelay"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty());
+    }
+}

@@ -1,0 +1,407 @@
+//! The call pages in real Chromium (issue 3): two or three people, each a headless Chromium
+//! with its own profile and the fake camera, calling each other through the real `sigrelay`
+//! binary. WebRTC media has to stay on 127.0.0.1, so these run only inside a loopback-only
+//! network namespace (they say "skipped" otherwise):
+//!
+//! ```text
+//! cargo test --no-run
+//! unshare --net -- sh -c 'ip link set lo up && cargo test --test browser'
+//! ```
+//!
+//! Chromium comes from `SIGRELAY_CHROMIUM` or `PATH`, chromedriver from
+//! `SIGRELAY_CHROMEDRIVER` or `PATH`; with `SIGRELAY_REQUIRE_BROWSER=1` a missing one fails.
+
+#[path = "browser/harness.rs"]
+mod harness;
+#[path = "browser/webdriver.rs"]
+mod webdriver;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use harness::{unique, Browsers, Person, Server, WAIT};
+
+/// The issue's promise: after a reload the call is back within this.
+const RECONNECT_LIMIT: Duration = Duration::from_secs(10);
+
+const SEED_WAIT: &str = include_str!("seed/wait.html");
+const SEED_JOIN: &str = include_str!("seed/join.html");
+
+fn is_room_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
+}
+
+/// The landing page as people use it: the creator takes the suggested name and presses
+/// "Create room", the joiner types that name and presses "Join room". Returns the room once
+/// both pages are connected and each shows the other's moving picture.
+fn start_call(server: &Server, creator: &Person, joiner: &Person) -> String {
+    creator.goto(&format!("{}/", server.url));
+    let room = creator.exec("return document.querySelector('#room').value;", vec![]);
+    let room = room.as_str().expect("#room holds text").to_string();
+    assert!(
+        is_room_name(&room),
+        "suggested name {room:?} is not a valid room name"
+    );
+    assert!(
+        room.len() >= 12 && room.bytes().any(|b| b.is_ascii_digit()) && room.contains('-'),
+        "suggested name {room:?} is not words and digits"
+    );
+    creator.click("#create");
+    let creator_url = format!("{}/r/{room}?as=creator", server.url);
+    creator.wait_for("the creator's page, subscribed and alone", WAIT, |s| {
+        s["url"] == creator_url.as_str() && s["peers"] == 1 && s["state"] == "waiting"
+    });
+
+    joiner.goto(&format!("{}/", server.url));
+    joiner.exec(
+        "const input = document.querySelector('#room'); input.value = arguments[0];
+         input.dispatchEvent(new Event('input')); return true;",
+        vec![json!(room)],
+    );
+    joiner.click("#join");
+    let joiner_url = format!("{}/r/{room}", server.url);
+    joiner.wait_for("the joiner's page", WAIT, |s| {
+        s["url"] == joiner_url.as_str()
+    });
+
+    for person in [creator, joiner] {
+        person.wait_state("connected");
+    }
+    for person in [creator, joiner] {
+        person.wait_remote_video_moving();
+    }
+    room
+}
+
+fn connections(person: &Person) -> u64 {
+    person.snapshot()["connections"].as_u64().unwrap_or(0)
+}
+
+fn assert_no_console_errors(person: &Person) {
+    let errors = person.console_errors();
+    assert!(
+        errors.is_empty(),
+        "{}: console errors: {errors:#?}",
+        person.name
+    );
+}
+
+fn notice(snapshot: &Value) -> String {
+    snapshot["notice"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase()
+}
+
+/// Keeps a picture of what `person` sees as `target/tmp/browser-NAME.png`, for people
+/// looking into a failure or a change of the pages.
+fn keep_screenshot(person: &Person, name: &str) {
+    person.screenshot(
+        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{name}.png")),
+    );
+}
+
+/// The README's screenshot of a call. The test writes it only when it is missing or when asked
+/// (`SIGRELAY_UPDATE_SCREENSHOT=1`), so that a test run leaves the work tree as it was.
+fn save_readme_screenshot(person: &Person) {
+    keep_screenshot(person, "call");
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/screenshot.png");
+    let update = std::env::var("SIGRELAY_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1");
+    if update || !docs.exists() {
+        person.screenshot(&docs);
+    }
+}
+
+#[test]
+fn create_and_join_then_both_see_moving_video() {
+    let Some(browsers) = Browsers::get("create_and_join") else {
+        return;
+    };
+    let server = Server::start(&[]);
+    let creator = browsers.person("creator");
+    let joiner = browsers.person("joiner");
+
+    // An invalid name is refused on the landing page, with the rule in words.
+    creator.goto(&format!("{}/", server.url));
+    creator.exec(
+        "document.querySelector('#room').value = 'not a room/name'; return true;",
+        vec![],
+    );
+    creator.click("#create");
+    let error = creator.exec(
+        "const e = document.querySelector('#room-error'); return e.hidden ? '' : e.textContent;",
+        vec![],
+    );
+    let landing = format!("{}/", server.url);
+    assert_eq!(
+        creator.url(),
+        landing,
+        "an invalid name must not leave the landing page"
+    );
+    assert!(
+        error
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 to 128 characters"),
+        "no clear message for an invalid name: {error}"
+    );
+
+    start_call(&server, &creator, &joiner);
+    save_readme_screenshot(&joiner);
+
+    // Mute and camera-off act on the local tracks.
+    let enabled = "const s = document.querySelector('#local').srcObject;
+                   return [s.getAudioTracks()[0].enabled, s.getVideoTracks()[0].enabled];";
+    assert_eq!(joiner.exec(enabled, vec![]), json!([true, true]));
+    joiner.click("#mute");
+    joiner.click("#camera");
+    assert_eq!(joiner.exec(enabled, vec![]), json!([false, false]));
+    joiner.click("#mute");
+    joiner.click("#camera");
+    assert_eq!(joiner.exec(enabled, vec![]), json!([true, true]));
+
+    for person in [&creator, &joiner] {
+        assert_no_console_errors(person);
+    }
+
+    // The joiner hangs up: the creator is told, its remote video clears, and it waits again.
+    joiner.click("#hangup");
+    joiner.wait_state("disconnected");
+    wait_peer_left(&creator);
+    keep_screenshot(&creator, "peer-left");
+    keep_screenshot(&joiner, "hung-up");
+    for person in [&creator, &joiner] {
+        assert_no_console_errors(person);
+    }
+
+    // "Rejoin" brings the call back; then the joiner's tab goes away without a word (no
+    // goodbye message): the creator still notices, from the room's presence count.
+    joiner.click("#rejoin");
+    for person in [&creator, &joiner] {
+        person.wait_state("connected");
+    }
+    joiner.exec(SILENCE_GOODBYE, vec![]);
+    joiner.goto("about:blank");
+    wait_peer_left(&creator);
+    assert_no_console_errors(&creator);
+}
+
+/// Makes the page leave without its `bye` beacon, as a crashed tab or a dropped network would.
+const SILENCE_GOODBYE: &str =
+    "Object.defineProperty(navigator, 'sendBeacon', { value: () => true }); return true;";
+
+fn wait_peer_left(person: &Person) {
+    let after = person.wait_for("\"peer left\", waiting again", WAIT, |s| {
+        s["state"] == "waiting" && notice(s).contains("peer left")
+    });
+    assert_eq!(
+        after["remote"]["hasStream"], false,
+        "remote video not cleared: {after}"
+    );
+}
+
+#[test]
+fn either_side_reloads_and_the_call_comes_back() {
+    let Some(browsers) = Browsers::get("reload") else {
+        return;
+    };
+    let server = Server::start(&[]);
+    let creator = browsers.person("creator");
+    let joiner = browsers.person("joiner");
+    start_call(&server, &creator, &joiner);
+
+    // Each side reloads, first saying goodbye as a page does, then silently (as after a crash).
+    let rounds = [
+        (&joiner, &creator, true),
+        (&creator, &joiner, true),
+        (&joiner, &creator, false),
+        (&creator, &joiner, false),
+    ];
+    for (reloading, other, goodbye) in rounds {
+        if !goodbye {
+            reloading.exec(SILENCE_GOODBYE, vec![]);
+        }
+        let before = connections(other);
+        let started = Instant::now();
+        reloading.reload();
+        reloading.wait_state("connected");
+        other.wait_for("a new connection after the reload", WAIT, |s| {
+            s["state"] == "connected" && s["connections"].as_u64().unwrap_or(0) > before
+        });
+        let took = started.elapsed();
+        assert!(
+            took <= RECONNECT_LIMIT,
+            "after {} reloaded (goodbye: {goodbye}), the call took {took:?} to come back",
+            reloading.name
+        );
+        for person in [reloading, other] {
+            person.wait_remote_video_moving();
+        }
+        eprintln!(
+            "{} reloaded (goodbye: {goodbye}): connected again after {took:?}",
+            reloading.name
+        );
+    }
+    for person in [&creator, &joiner] {
+        assert_no_console_errors(person);
+    }
+}
+
+#[test]
+fn a_third_person_is_told_the_room_is_full() {
+    let Some(browsers) = Browsers::get("room_full") else {
+        return;
+    };
+    let server = Server::start(&[]);
+    let creator = browsers.person("creator");
+    let joiner = browsers.person("joiner");
+    let room = start_call(&server, &creator, &joiner);
+    let before = [connections(&creator), connections(&joiner)];
+
+    let third = browsers.person("third");
+    for link in [format!("/r/{room}"), format!("/r/{room}?as=creator")] {
+        third.goto(&format!("{}{link}", server.url));
+        third.wait_for("\"this room is full\"", WAIT, |s| {
+            s["state"] == "failed" && notice(s).contains("this room is full")
+        });
+    }
+    keep_screenshot(&third, "room-full");
+
+    // The call in progress goes on undisturbed.
+    std::thread::sleep(Duration::from_secs(2));
+    for (person, before) in [(&creator, before[0]), (&joiner, before[1])] {
+        let now = person.snapshot();
+        assert_eq!(now["state"], "connected", "{}: {now:#}", person.name);
+        assert_eq!(
+            now["connections"], before,
+            "{}: the call was restarted",
+            person.name
+        );
+        person.wait_remote_video_moving();
+        assert_no_console_errors(person);
+    }
+}
+
+/// Opens a seed page (the Flask project's wait.html or join.html, which know nothing of
+/// sigrelay) on the server's origin, the room filled in as its template did.
+fn open_seed_page(person: &Person, server: &Server, html: &str, room: &str) {
+    person.goto(&format!("{}/", server.url));
+    person.write_page(&html.replace("{{name}}", room));
+    person.wait_for("the seed page's camera", WAIT, |s| {
+        s["local"]["width"].as_u64().unwrap_or(0) > 0
+    });
+}
+
+#[test]
+fn seed_pages_call_ours_in_both_roles() {
+    let Some(browsers) = Browsers::get("seed_interop") else {
+        return;
+    };
+    let server = Server::start(&[]);
+    let seed = browsers.person("seed");
+    let ours = browsers.person("ours");
+
+    // The seed's creator (wait.html) waits; our joiner page calls it.
+    let room = format!("seed-creator-{:x}", unique());
+    open_seed_page(&seed, &server, SEED_WAIT, &room);
+    ours.goto(&format!("{}/r/{room}", server.url));
+    ours.wait_state("connected");
+    ours.wait_remote_video_moving();
+    seed.wait_remote_video_moving();
+    assert_no_console_errors(&ours);
+
+    // Our creator page waits; the seed's joiner (join.html) calls it.
+    let room = format!("seed-joiner-{:x}", unique());
+    ours.goto(&format!("{}/r/{room}?as=creator", server.url));
+    ours.wait_for("our creator page, subscribed and alone", WAIT, |s| {
+        s["peers"] == 1 && s["state"] == "waiting"
+    });
+    open_seed_page(&seed, &server, SEED_JOIN, &room);
+    ours.wait_state("connected");
+    ours.wait_remote_video_moving();
+    seed.wait_remote_video_moving();
+    assert_no_console_errors(&ours);
+}
+
+#[test]
+fn plain_http_on_a_lan_name_says_why_and_joins_receive_only() {
+    let Some(browsers) = Browsers::get("insecure_context") else {
+        return;
+    };
+    let server = Server::start(&[]);
+    let creator = browsers.person("creator");
+    // `lan.test` resolves to 127.0.0.1 but is not "localhost" to Chromium: a page from it over
+    // plain http is not a secure context, like a phone opening http://192.168.x.y:8000/.
+    let joiner = browsers.person_with(
+        "joiner",
+        &[
+            "--host-resolver-rules=MAP lan.test 127.0.0.1",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+        ],
+    );
+    let room = format!("insecure-{:x}", unique());
+    creator.goto(&format!("{}/r/{room}?as=creator", server.url));
+    creator.wait_for("the creator's page, subscribed", WAIT, |s| s["peers"] == 1);
+
+    let lan_url = server.url.replace("127.0.0.1", "lan.test");
+    joiner.goto(&format!("{lan_url}/r/{room}"));
+    let shown = joiner.wait_for("the insecure-context notice", WAIT, |s| {
+        s["media"] == "none" && notice(s).contains("https")
+    });
+    let text = notice(&shown);
+    assert!(
+        text.contains("--tls") && text.contains("receive-only") && text.contains("localhost"),
+        "the notice does not say how to fix it: {text}"
+    );
+    joiner.wait_state("connected");
+    creator.wait_state("connected");
+    joiner.wait_remote_video_moving();
+    keep_screenshot(&joiner, "insecure-context");
+}
+
+#[test]
+fn no_camera_joins_with_audio_only_and_says_so() {
+    let Some(browsers) = Browsers::get("no_camera") else {
+        return;
+    };
+    let server = Server::start(&[]);
+    let creator = browsers.person("creator");
+    let joiner = browsers.person("joiner");
+    // The joiner's computer has a microphone but no camera.
+    joiner.add_init_script(
+        "const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+         navigator.mediaDevices.getUserMedia = (constraints) => constraints && constraints.video
+           ? Promise.reject(new DOMException('Requested device not found', 'NotFoundError'))
+           : real(constraints);",
+    );
+    let room = format!("no-camera-{:x}", unique());
+    creator.goto(&format!("{}/r/{room}?as=creator", server.url));
+    creator.wait_for("the creator's page, subscribed", WAIT, |s| s["peers"] == 1);
+    joiner.goto(&format!("{}/r/{room}", server.url));
+    let shown = joiner.wait_for("the audio-only notice", WAIT, |s| {
+        s["media"] == "audio" && notice(s).contains("audio only")
+    });
+    assert!(notice(&shown).contains("no camera"), "{shown:#}");
+    for person in [&creator, &joiner] {
+        person.wait_state("connected");
+    }
+    joiner.wait_remote_video_moving();
+    let audio = creator.exec(
+        "const s = document.querySelector('#remote').srcObject;
+         return s ? s.getAudioTracks().length : -1;",
+        vec![],
+    );
+    assert_eq!(
+        audio,
+        json!(1),
+        "the creator does not receive the joiner's microphone"
+    );
+    for person in [&creator, &joiner] {
+        assert_no_console_errors(person);
+    }
+}

@@ -1,0 +1,338 @@
+//! A minimal W3C WebDriver client for chromedriver: just the commands the browser tests use,
+//! over a blocking HTTP/1.1 request per command (`Connection: close`), so no async runtime.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// How long one WebDriver command may take (session creation starts a browser).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// One HTTP request with a JSON body; returns the status and the body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> io::Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    stream.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+    stream.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+
+    // chromedriver keeps the connection open whatever we ask, so the body ends where its
+    // Content-Length (or last chunk) says, not at end of file.
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut read_more = |raw: &mut Vec<u8>| -> io::Result<bool> {
+        let n = stream.read(&mut buf)?;
+        raw.extend_from_slice(&buf[..n]);
+        Ok(n > 0)
+    };
+    let split = loop {
+        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        if !read_more(&mut raw)? {
+            return Err(bad("connection closed before the end of the headers"));
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(key, _)| key.trim() == name)
+            .map(|(_, value)| value.trim().to_string())
+    };
+    let start = split + 4;
+    if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            if let Some(body) = dechunk(&raw[start..]) {
+                return Ok((status, body));
+            }
+            if !read_more(&mut raw)? {
+                return Err(bad("connection closed inside a chunked body"));
+            }
+        }
+    }
+    match header("content-length") {
+        Some(length) => {
+            let length: usize = length.parse().map_err(|_| bad("bad Content-Length"))?;
+            while raw.len() < start + length {
+                if !read_more(&mut raw)? {
+                    return Err(bad("connection closed inside the body"));
+                }
+            }
+            Ok((status, raw[start..start + length].to_vec()))
+        }
+        None => {
+            while read_more(&mut raw)? {}
+            Ok((status, raw[start..].to_vec()))
+        }
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..eol]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// A chromedriver process on a free loopback port; killed on drop.
+pub struct Driver {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Driver {
+    pub fn start(chromedriver: &Path) -> Result<Driver> {
+        // chromedriver needs a port number: take a free one from the kernel, then hand it over.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let child = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", chromedriver.display()))?;
+        let driver = Driver {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(status) = driver.command("GET", "/status", None) {
+                if status["ready"] == json!(true) {
+                    return Ok(driver);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("chromedriver did not become ready within 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends one command; returns its `value`, or the WebDriver error as text.
+    fn command(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let (status, bytes) = http(self.addr, method, path, body.as_ref())
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let reply: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "{method} {path}: HTTP {status}, not JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })?;
+        let value = reply.get("value").cloned().unwrap_or(Value::Null);
+        if status != 200 {
+            return Err(format!(
+                "{method} {path}: HTTP {status}: {} {}",
+                value["error"].as_str().unwrap_or("?"),
+                value["message"].as_str().unwrap_or("")
+            ));
+        }
+        Ok(value)
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One browser (one person): a chromedriver session with its own Chromium profile directory.
+/// Dropping it quits the browser and removes the profile.
+pub struct Session<'d> {
+    driver: &'d Driver,
+    id: String,
+    profile: PathBuf,
+}
+
+impl<'d> Session<'d> {
+    pub fn new(
+        driver: &'d Driver,
+        chromium: &Path,
+        profile: PathBuf,
+        args: &[String],
+    ) -> Result<Self> {
+        std::fs::create_dir_all(&profile).map_err(|e| format!("profile dir: {e}"))?;
+        let mut all_args = args.to_vec();
+        all_args.push(format!("--user-data-dir={}", profile.display()));
+        let capabilities = json!({
+            "capabilities": {
+                "alwaysMatch": {
+                    "browserName": "chrome",
+                    "goog:chromeOptions": { "binary": chromium, "args": all_args },
+                    "goog:loggingPrefs": { "browser": "ALL" },
+                    "timeouts": { "script": 30000, "pageLoad": 30000, "implicit": 0 },
+                    "unhandledPromptBehavior": "dismiss",
+                }
+            }
+        });
+        let value = driver.command("POST", "/session", Some(capabilities))?;
+        let id = value["sessionId"]
+            .as_str()
+            .ok_or_else(|| format!("no sessionId in {value}"))?
+            .to_string();
+        Ok(Session {
+            driver,
+            id,
+            profile,
+        })
+    }
+
+    fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        self.driver
+            .command(method, &format!("/session/{}{path}", self.id), body)
+    }
+
+    pub fn goto(&self, url: &str) -> Result<()> {
+        self.cmd("POST", "/url", Some(json!({ "url": url })))
+            .map(drop)
+    }
+
+    pub fn refresh(&self) -> Result<()> {
+        self.cmd("POST", "/refresh", Some(json!({}))).map(drop)
+    }
+
+    pub fn current_url(&self) -> Result<String> {
+        Ok(self
+            .cmd("GET", "/url", None)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Runs `script` as a function body in the page (`arguments[i]` are `args`).
+    pub fn exec(&self, script: &str, args: Vec<Value>) -> Result<Value> {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
+    }
+
+    /// Clicks the element matching a CSS selector, as a person would (WebDriver Element Click).
+    pub fn click(&self, css: &str) -> Result<()> {
+        let found = self.cmd(
+            "POST",
+            "/element",
+            Some(json!({ "using": "css selector", "value": css })),
+        )?;
+        let element = found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("no element id for {css} in {found}"))?
+            .to_string();
+        self.cmd(
+            "POST",
+            &format!("/element/{element}/click"),
+            Some(json!({})),
+        )
+        .map(drop)
+    }
+
+    /// Runs `source` in every document this browser opens from now on, before the page's
+    /// own scripts (Chrome DevTools `Page.addScriptToEvaluateOnNewDocument`).
+    pub fn add_init_script(&self, source: &str) -> Result<()> {
+        let params = json!({ "cmd": "Page.addScriptToEvaluateOnNewDocument", "params": { "source": source } });
+        self.cmd("POST", "/goog/cdp/execute", Some(params))
+            .map(drop)
+    }
+
+    /// A PNG of the viewport.
+    pub fn screenshot(&self) -> Result<Vec<u8>> {
+        let value = self.cmd("GET", "/screenshot", None)?;
+        base64_decode(value.as_str().unwrap_or_default()).ok_or_else(|| "bad base64".to_string())
+    }
+
+    /// Console messages since the last call: `(level, message)`, e.g. `("SEVERE", "...")`.
+    pub fn console_log(&self) -> Result<Vec<(String, String)>> {
+        let value = self.cmd("POST", "/se/log", Some(json!({ "type": "browser" })))?;
+        Ok(value
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| {
+                        let field = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                        (field("level"), field("message"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        let _ = self.cmd("DELETE", "", None);
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' | b'\r' | b'\n' => continue,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[test]
+fn base64_decodes_padding_and_all_symbols() {
+    assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+    assert_eq!(base64_decode("aGk=").unwrap(), b"hi");
+    assert_eq!(base64_decode("+/8=").unwrap(), [0xfb, 0xff]);
+    assert!(base64_decode("a!").is_none());
+}

@@ -1,0 +1,271 @@
+//! Test support: the real server on 127.0.0.1:0 in-process, and small HTTP/SSE clients that
+//! speak to it over real sockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use eventsource_stream::{Event, Eventsource};
+use futures_util::{Stream, StreamExt};
+use http_body_util::{BodyExt, Full};
+use sigrelay::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Bound for every wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running server; stopped (shutdown token cancelled) on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::default();
+        tweak(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(sigrelay::run(vec![listener], config, shutdown.clone()));
+        TestServer {
+            addr,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// Cancels and waits for `run` to return; returns how long that took.
+    pub async fn stop(mut self) -> Duration {
+        let started = std::time::Instant::now();
+        self.shutdown.cancel();
+        let handle = self.handle.take().unwrap();
+        tokio::time::timeout(WAIT, handle)
+            .await
+            .expect("server did not stop in time")
+            .unwrap();
+        started.elapsed()
+    }
+
+    pub async fn post(&self, channel: &str, event_type: &str, body: &str) -> Response {
+        request(
+            self.addr,
+            "POST",
+            &format!("/channel/send/{channel}/{event_type}"),
+            &[("content-type", "text/plain;charset=UTF-8")],
+            body.as_bytes(),
+        )
+        .await
+    }
+
+    /// Publishes and returns the id the server gave the event.
+    pub async fn publish(&self, channel: &str, event_type: &str, body: &str) -> u64 {
+        let r = self.post(channel, event_type, body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["id"].as_u64().unwrap()
+    }
+
+    pub async fn get(&self, target: &str) -> Response {
+        request(self.addr, "GET", target, &[], b"").await
+    }
+
+    pub async fn subscribe(&self, channel: &str) -> SseClient {
+        SseClient::connect(self.addr, &format!("/stream?channel={channel}"), &[]).await
+    }
+
+    pub async fn health(&self) -> serde_json::Value {
+        self.get("/healthz").await.json()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn handshake(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+fn build(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> http::Request<Full<Bytes>> {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(Full::new(Bytes::copy_from_slice(body))).unwrap()
+}
+
+/// One request on its own connection, whole response read.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let fut = async {
+        let mut sender = handshake(addr).await;
+        let response = sender
+            .send_request(build(addr, method, target, headers, body))
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        Response {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    };
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("request timed out")
+}
+
+/// Writes raw bytes, reads until the server closes, a quiet half second or two seconds in all;
+/// returns the text.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw response ("HTTP/1.1 400 ..." → 400).
+pub fn status_of(raw: &str) -> u16 {
+    raw.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+type EventStream = std::pin::Pin<Box<dyn Stream<Item = Event> + Send>>;
+
+/// A subscriber parsing the stream with a WHATWG-conformant parser (eventsource-stream).
+pub struct SseClient {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    events: EventStream,
+    /// The id of the last event read, as EventSource tracks it.
+    pub last_event_id: String,
+}
+
+impl SseClient {
+    pub async fn connect(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Self {
+        let fut = async {
+            let mut sender = handshake(addr).await;
+            let response = sender
+                .send_request(build(addr, "GET", target, headers, b""))
+                .await
+                .unwrap();
+            let (parts, body) = response.into_parts();
+            let events = body
+                .into_data_stream()
+                .eventsource()
+                .filter_map(|e| async move { e.ok() })
+                .boxed();
+            SseClient {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                events,
+                last_event_id: String::new(),
+            }
+        };
+        tokio::time::timeout(WAIT, fut)
+            .await
+            .expect("connect timed out")
+    }
+
+    /// The next event of any type, or `None` if the stream ended or nothing came within `WAIT`.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.next_within(WAIT).await
+    }
+
+    pub async fn next_within(&mut self, limit: Duration) -> Option<Event> {
+        let event = tokio::time::timeout(limit, self.events.next())
+            .await
+            .ok()??;
+        if !event.id.is_empty() {
+            self.last_event_id = event.id.clone();
+        }
+        Some(event)
+    }
+
+    /// The next event that is not `presence`.
+    pub async fn next_message(&mut self) -> Option<Event> {
+        loop {
+            let event = self.next().await?;
+            if event.event != "presence" {
+                return Some(event);
+            }
+        }
+    }
+
+    /// The next `presence` event's subscriber count.
+    pub async fn next_presence(&mut self) -> Option<u64> {
+        loop {
+            let event = self.next().await?;
+            if event.event == "presence" {
+                let v: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+                return v["subscribers"].as_u64();
+            }
+        }
+    }
+}
+
+/// `JSON.parse(JSON.parse(e.data).message)` minus the outer parse: the published body.
+pub fn message_of(event: &Event) -> String {
+    let v: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+    v["message"].as_str().unwrap().to_owned()
+}
