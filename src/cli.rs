@@ -3,6 +3,7 @@
 //! this type: it is turned into a validated [`crate::Config`] first.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
 
@@ -78,6 +79,31 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub ice_server: Vec<String>,
+
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) instead of plain HTTP, which browsers need before they
+    /// allow the camera anywhere but localhost. Without --cert/--key a self-signed certificate
+    /// for this machine's names and addresses is made once, kept in --tls-dir and reused, so
+    /// each browser warns only the first time. Plain-http requests on the same port are
+    /// redirected to https.
+    #[arg(long, env = "SIGRELAY_TLS")]
+    pub tls: bool,
+
+    /// Certificate chain (PEM) to serve with --tls, e.g. from Let's Encrypt or your CA.
+    #[arg(long, value_name = "FILE", env = "SIGRELAY_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// Private key (PEM) for --cert.
+    #[arg(long, value_name = "FILE", env = "SIGRELAY_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Where the generated certificate is kept [default: $XDG_DATA_HOME/sigrelay, or
+    /// ~/.local/share/sigrelay].
+    #[arg(long = "tls-dir", value_name = "DIR", env = "SIGRELAY_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+
+    /// Do not draw the QR code of the LAN address at start-up.
+    #[arg(long = "no-qr", env = "SIGRELAY_NO_QR")]
+    pub no_qr: bool,
 
     /// Log filter: error, warn, info, debug, trace, or a tracing directive such as
     /// `sigrelay=debug`.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::cli::Cli;
 use crate::hub::HubSettings;
+use crate::tls::{CertSource, Tls};
 
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
@@ -25,6 +26,13 @@ pub struct Config {
     /// How long a client may take to send a request head.
     pub header_timeout: Duration,
     pub log: String,
+    /// Where the TLS certificate comes from, when `--tls` is on.
+    pub tls_source: Option<CertSource>,
+    /// The loaded TLS setup; `main` fills it from `tls_source` (loading touches files, which
+    /// validating flags does not), tests set it directly.
+    pub tls: Option<Tls>,
+    /// Draw the QR code of the LAN URL in the start-up banner.
+    pub qr: bool,
 }
 
 impl Default for Config {
@@ -44,6 +52,9 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
             log: "info".into(),
+            tls_source: None,
+            tls: None,
+            qr: true,
         }
     }
 }
@@ -98,8 +109,18 @@ impl TryFrom<Cli> for Config {
                 )));
             }
         }
+        let tls_source = match (cli.tls, cli.cert, cli.key) {
+            (false, None, None) => None,
+            (false, _, _) => return Err(ConfigError("--cert and --key need --tls".into())),
+            (true, Some(cert), Some(key)) => Some(CertSource::Files { cert, key }),
+            (true, _, _) => Some(CertSource::Generated {
+                dir: cli.tls_dir.unwrap_or_else(crate::tls::default_dir),
+            }),
+        };
         Ok(Config {
             bind: cli.bind,
+            tls_source,
+            qr: !cli.no_qr,
             hub: HubSettings {
                 history: cli.history,
                 history_ttl: seconds("history-ttl", cli.history_ttl, 0.0, 86_400.0)?,

@@ -7,7 +7,8 @@
 //! Dependencies point one way: `main → server → http → {hub, sse, assets, names} → {config, error}`.
 //! - [`cli`] / [`config`]: the raw command line, and the validated [`Config`] built from it.
 //! - [`shutdown`]: SIGINT/SIGTERM → one `CancellationToken`.
-//! - [`server`]: accept loops, hyper connections, graceful drain.
+//! - [`server`]: accept loops, TLS handshakes, hyper connections, graceful drain; [`tls`]: the
+//!   certificate (given, or generated once and reused) and rustls settings.
 //! - [`http`]: the route table and the endpoints; [`error`]: errors → status + JSON, in one place.
 //! - [`hub`]: channels, fan-out, history, presence; knows nothing of HTTP.
 //! - [`sse`]: frame encoding; [`names`]: validated channel/type/peer names; [`assets`]: the
@@ -23,6 +24,7 @@ pub mod names;
 pub mod server;
 pub mod shutdown;
 pub mod sse;
+pub mod tls;
 
 use std::sync::Arc;
 

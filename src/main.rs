@@ -9,10 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use sigrelay::cli::Cli;
-use sigrelay::{server, shutdown, Config};
+use sigrelay::{server, shutdown, tls, Config};
 
 fn main() -> ExitCode {
-    let config = match Config::try_from(Cli::parse()) {
+    let mut config = match Config::try_from(Cli::parse()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("sigrelay: {e}");
@@ -49,20 +49,18 @@ fn main() -> ExitCode {
                 }
             }
         }
-        // The banner goes to stdout with write errors ignored: a closed stdout (a supervisor
-        // that stopped reading) must not take the server down, as `println!` would.
-        let mut banner = format!(
-            "sigrelay {} is running. Open one of:\n",
-            env!("CARGO_PKG_VERSION")
-        );
-        for listener in &listeners {
-            if let Ok(addr) = listener.local_addr() {
-                for url in server::reachable_urls(addr, "http") {
-                    banner.push_str(&format!("  {url}\n"));
+        if let Some(source) = &config.tls_source {
+            match tls::load(source) {
+                Ok(tls) => config.tls = Some(tls),
+                Err(e) => {
+                    eprintln!("sigrelay: TLS: {e}");
+                    return ExitCode::FAILURE;
                 }
             }
         }
-        banner.push_str("Press Ctrl-C to stop.\n");
+        // The banner goes to stdout with write errors ignored: a closed stdout (a supervisor
+        // that stopped reading) must not take the server down, as `println!` would.
+        let banner = banner(&listeners, &config);
         let mut stdout = std::io::stdout();
         let _ = stdout
             .write_all(banner.as_bytes())
@@ -76,4 +74,54 @@ fn main() -> ExitCode {
         sigrelay::run(listeners, config, token).await;
         ExitCode::SUCCESS
     })
+}
+
+/// What a person needs at start-up: every URL, the certificate's fingerprint, and a QR code of
+/// the LAN URL for phones.
+fn banner(listeners: &[TcpListener], config: &Config) -> String {
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let urls: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .flat_map(|addr| server::reachable_urls(addr, scheme))
+        .collect();
+    let mut out = format!(
+        "sigrelay {} is running. Open one of:\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for url in &urls {
+        out.push_str(&format!("  {url}\n"));
+    }
+    if let Some(tls) = &config.tls {
+        out.push_str(&format!(
+            "TLS certificate ({}), SHA-256 fingerprint:\n  {}\n",
+            tls.origin, tls.fingerprint
+        ));
+    } else {
+        out.push_str(
+            "Cameras work over plain http on localhost only; use --tls for other devices.\n",
+        );
+    }
+    // The first address that is not loopback is the one other devices can use.
+    let lan = urls
+        .iter()
+        .find(|u| !u.contains("://127.") && !u.contains("://[::1]"));
+    if let (true, Some(lan)) = (config.qr, lan) {
+        if let Ok(code) = qrcode::QrCode::new(lan.as_bytes()) {
+            // Light modules drawn, dark ones left blank: right for the usual dark terminal.
+            let art = code
+                .render::<qrcode::render::unicode::Dense1x2>()
+                .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                .quiet_zone(true)
+                .build();
+            out.push_str(&format!("Scan to open {lan} on a phone:\n{art}\n"));
+        }
+    }
+    out.push_str("Press Ctrl-C to stop.\n");
+    out
 }

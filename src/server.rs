@@ -9,11 +9,11 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::http::App;
+use crate::http::{App, Transport};
 
 /// Serves every listener until `shutdown` fires, then waits up to the drain timeout for open
 /// connections (SSE streams end by themselves on shutdown; in-flight POSTs finish).
@@ -27,6 +27,9 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
 
+    // Shared by the accept loops, which take one watcher per connection; unwrapped again to
+    // drain once they have all returned.
+    let builder = Arc::new(builder);
     // Shared by the accept loops, which take one watcher per connection; unwrapped again to
     // drain once they have all returned.
     let graceful = Arc::new(GracefulShutdown::new());
@@ -52,17 +55,14 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
                 };
                 // Signaling messages are small and latency-bound: never wait for Nagle.
                 let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let service = service_fn(move |req| app.clone().handle(req));
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watcher().watch(connection);
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+                let watcher = graceful.watcher();
+                tokio::spawn(connection(
+                    stream,
+                    peer,
+                    builder.clone(),
+                    watcher,
+                    app.clone(),
+                ));
             }
         });
     }
@@ -79,6 +79,62 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
         _ = tokio::time::sleep(drain) => {
             tracing::warn!("connections still open after {drain:?}; closing them")
         }
+    }
+}
+
+/// Serves one accepted connection. With TLS on, the first byte tells a TLS handshake (0x16)
+/// from a plain-http request, which is answered with a redirect to https on the same port.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    app: App,
+) {
+    let Some(tls) = app.config.tls.clone() else {
+        return serve_io(stream, peer, &builder, watcher, app, Transport::Plain).await;
+    };
+    let limit = app.config.header_timeout;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(limit, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return,
+    }
+    if first[0] != 0x16 {
+        return serve_io(
+            stream,
+            peer,
+            &builder,
+            watcher,
+            app,
+            Transport::PlainOnTlsPort,
+        )
+        .await;
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => {
+            serve_io(tls_stream, peer, &builder, watcher, app, Transport::Tls).await
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+async fn serve_io<I>(
+    io: I,
+    peer: SocketAddr,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    app: App,
+    transport: Transport,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| app.clone().handle(req, transport));
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

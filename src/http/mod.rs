@@ -3,7 +3,8 @@
 //!
 //! - `stream.rs`  `GET /stream?channel=NAME` (Server-Sent Events)
 //! - `publish.rs` `POST /channel/send/NAME/TYPE`
-//! - `pages.rs`   `GET /`, `/r/ROOM`, `/assets/...`, `/config`; `/healthz` is answered here
+//! - `pages.rs`   `GET /`, `/r/ROOM`, `/assets/...`, `/config`, `/qr.svg`, the https redirect;
+//!   `/healthz` is answered here
 
 mod pages;
 mod publish;
@@ -27,6 +28,15 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// A complete body from anything that becomes `Bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
+}
+
+/// How a connection reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Plain,
+    Tls,
+    /// Plain http on a port that serves https: every request is redirected.
+    PlainOnTlsPort,
 }
 
 /// What every request handler shares: built once at start-up, cloned per connection.
@@ -64,10 +74,17 @@ impl App {
     }
 
     /// The service: route, run, and map errors. Never fails at the hyper level.
-    pub async fn handle(self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    pub async fn handle(
+        self,
+        req: Request<Incoming>,
+        transport: Transport,
+    ) -> Result<Response<Body>, Infallible> {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let result = self.route(req).await;
+        let result = match transport {
+            Transport::PlainOnTlsPort => pages::to_https(&req),
+            Transport::Plain | Transport::Tls => self.route(req).await,
+        };
         let response = result.unwrap_or_else(ApiError::into_response);
         tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
         Ok(response)
@@ -94,6 +111,7 @@ impl App {
             "/" => pages::file("index.html", &req),
             "/config" => Ok(pages::json(self.client_config.clone())),
             "/healthz" => Ok(pages::json(self.health())),
+            "/qr.svg" => pages::qr_svg(&req),
             _ if path.starts_with("/r/") => pages::room(&path[3..], &req),
             _ if path.starts_with("/assets/") => pages::file(&path[8..], &req),
             _ => Err(ApiError::NotFound),

@@ -7,7 +7,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use super::{full, Body};
 use crate::assets;
 use crate::error::ApiError;
-use crate::names::{percent_decode, ChannelName};
+use crate::names::{percent_decode, query_pairs, ChannelName};
 
 /// An embedded file, or `304 Not Modified` when the client's `If-None-Match` matches its ETag.
 pub fn file<B>(path: &str, req: &Request<B>) -> Result<Response<Body>, ApiError> {
@@ -64,4 +64,64 @@ pub fn json(body: Bytes) -> Response<Body> {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Longest text `/qr.svg` encodes; a room link is far shorter.
+const MAX_QR_TEXT: usize = 1024;
+
+/// `GET /qr.svg?text=...`: a QR code drawn by the server, so the call page can show its room
+/// link as a code a phone scans, with no CDN.
+pub fn qr_svg<B>(req: &Request<B>) -> Result<Response<Body>, ApiError> {
+    let mut text = None;
+    for pair in query_pairs(req.uri().query().unwrap_or("")) {
+        let (key, value) = pair?;
+        if key == "text" {
+            text = Some(value);
+        }
+    }
+    let text = text.ok_or_else(|| ApiError::BadRequest("missing ?text=".into()))?;
+    if text.is_empty() || text.len() > MAX_QR_TEXT {
+        return Err(ApiError::BadRequest(format!(
+            "text must be 1 to {MAX_QR_TEXT} bytes"
+        )));
+    }
+    let code = qrcode::QrCode::new(text.as_bytes())
+        .map_err(|e| ApiError::BadRequest(format!("cannot encode as a QR code: {e}")))?;
+    let svg = code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(200, 200)
+        .build();
+    let mut response = Response::new(full(svg));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("image/svg+xml"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=3600"),
+    );
+    Ok(response)
+}
+
+/// Plain http on the https port: send the browser to the same URL over https (307, so a
+/// browser does not remember it should the server later run without TLS).
+pub fn to_https<B>(req: &Request<B>) -> Result<Response<Body>, ApiError> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@']))
+        .ok_or_else(|| ApiError::BadRequest("this port speaks https; send a Host header".into()))?;
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let location = HeaderValue::from_str(&format!("https://{host}{target}"))
+        .map_err(|_| ApiError::BadRequest("invalid Host header".into()))?;
+    let mut response = Response::new(full("this port speaks https\n"));
+    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
 }
