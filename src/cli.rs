@@ -80,6 +80,35 @@ pub struct Cli {
     )]
     pub ice_server: Vec<String>,
 
+    /// Answer STUN Binding requests (RFC 8489) on this UDP address [default: 0.0.0.0:3478],
+    /// and tell the pages to use it.
+    #[arg(long, value_name = "ADDR", env = "SIGRELAY_STUN", num_args = 0..=1, default_missing_value = "0.0.0.0:3478")]
+    pub stun: Option<SocketAddr>,
+
+    /// Also relay media (TURN) on the STUN socket, for networks where browsers cannot reach each
+    /// other directly (client isolation on Wi-Fi). Pages get short-lived credentials from
+    /// GET /config.
+    #[arg(long, env = "SIGRELAY_TURN")]
+    pub turn: bool,
+
+    /// The address TURN relays media from and advertises [default: the first LAN IPv4 address].
+    #[arg(
+        long = "turn-relay-ip",
+        value_name = "IP",
+        env = "SIGRELAY_TURN_RELAY_IP"
+    )]
+    pub turn_relay_ip: Option<std::net::IpAddr>,
+
+    /// Secret for TURN REST credentials (username EXPIRY:ROOM, password base64 HMAC-SHA1);
+    /// share it with an external coturn (`use-auth-secret`). Default: random at each start.
+    #[arg(
+        long = "turn-secret",
+        value_name = "SECRET",
+        env = "SIGRELAY_TURN_SECRET",
+        hide_env_values = true
+    )]
+    pub turn_secret: Option<String>,
+
     /// Serve HTTPS (HTTP/2 and HTTP/1.1) instead of plain HTTP, which browsers need before they
     /// allow the camera anywhere but localhost. Without --cert/--key a self-signed certificate
     /// for this machine's names and addresses is made once, kept in --tls-dir and reused, so

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::cli::Cli;
 use crate::hub::HubSettings;
+use crate::ice::IceSettings;
 use crate::tls::{CertSource, Tls};
 
 /// Everything the server needs to run.
@@ -19,8 +20,8 @@ pub struct Config {
     pub keepalive: Duration,
     /// The `retry:` a stream asks clients to wait before reconnecting, milliseconds.
     pub retry_ms: u64,
-    /// STUN/TURN URLs for `GET /config`.
-    pub ice_servers: Vec<String>,
+    /// Built-in STUN/TURN and the ICE servers handed to pages.
+    pub ice: IceSettings,
     /// How long shutdown waits for open connections before giving up on them.
     pub drain_timeout: Duration,
     /// How long a client may take to send a request head.
@@ -48,7 +49,7 @@ impl Default for Config {
             max_body: 64 * 1024,
             keepalive: Duration::from_secs(15),
             retry_ms: 2000,
-            ice_servers: Vec::new(),
+            ice: IceSettings::default(),
             drain_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
             log: "info".into(),
@@ -129,7 +130,21 @@ impl TryFrom<Cli> for Config {
             },
             max_body: cli.max_body,
             keepalive: seconds("keepalive", cli.keepalive, 0.05, 3600.0)?,
-            ice_servers: cli.ice_server,
+            ice: IceSettings {
+                bind: cli
+                    .stun
+                    .or(cli.turn.then(|| SocketAddr::from(([0, 0, 0, 0], 3478)))),
+                turn: cli.turn,
+                relay_ip: cli.turn_relay_ip,
+                secret: match cli.turn_secret {
+                    Some(secret) if secret.is_empty() => {
+                        return Err(ConfigError("--turn-secret must not be empty".into()))
+                    }
+                    Some(secret) => secret,
+                    None => crate::ice::random_secret(),
+                },
+                external: cli.ice_server,
+            },
             log: cli.log,
             ..defaults
         })

@@ -10,6 +10,7 @@
 //! - [`server`]: accept loops, TLS handshakes, hyper connections, graceful drain; [`tls`]: the
 //!   certificate (given, or generated once and reused) and rustls settings.
 //! - [`http`]: the route table and the endpoints; [`error`]: errors → status + JSON, in one place.
+//! - [`ice`]: built-in STUN/TURN and the TURN credentials pages get from `/config`.
 //! - [`hub`]: channels, fan-out, history, presence; knows nothing of HTTP.
 //! - [`sse`]: frame encoding; [`names`]: validated channel/type/peer names; [`assets`]: the
 //!   embedded pages.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod ice;
 pub mod names;
 pub mod server;
 pub mod shutdown;
@@ -28,17 +30,45 @@ pub mod tls;
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+/// The sockets the server runs on, bound by the caller (so `main` reports a busy port before
+/// anything starts, and tests can bind port 0 and know the port).
+pub struct Listeners {
+    pub http: Vec<TcpListener>,
+    /// STUN/TURN, when `--stun` or `--turn` is on.
+    pub udp: Option<UdpSocket>,
+}
+
+impl From<Vec<TcpListener>> for Listeners {
+    fn from(http: Vec<TcpListener>) -> Self {
+        Listeners { http, udp: None }
+    }
+}
+
 /// Runs the relay on already-bound listeners until `shutdown` is cancelled, then drains.
 /// `main` and the tests both call this.
-pub async fn run(listeners: Vec<TcpListener>, config: Config, shutdown: CancellationToken) {
+pub async fn run(listeners: impl Into<Listeners>, config: Config, shutdown: CancellationToken) {
+    let listeners = listeners.into();
     let config = Arc::new(config);
+    let ice = match listeners.udp {
+        Some(socket) => match ice::IceServer::start(socket, &config.ice).await {
+            Ok(server) => Some(server),
+            Err(e) => {
+                tracing::error!(error = %e, "STUN/TURN could not start; continuing without it");
+                None
+            }
+        },
+        None => None,
+    };
     let hub = Arc::new(hub::Hub::new(config.hub.clone(), shutdown.clone()));
     tokio::spawn(hub.clone().run_reaper());
     let app = http::App::new(hub, config);
-    server::serve(listeners, app, shutdown).await;
+    server::serve(listeners.http, app, shutdown).await;
+    if let Some(ice) = ice {
+        ice.close().await;
+    }
 }

@@ -49,6 +49,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        let udp = match config.ice.bind {
+            Some(addr) => match tokio::net::UdpSocket::bind(addr).await {
+                Ok(socket) => Some(socket),
+                Err(e) => {
+                    eprintln!("sigrelay: cannot listen for STUN/TURN on udp {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
         if let Some(source) = &config.tls_source {
             match tls::load(source) {
                 Ok(tls) => config.tls = Some(tls),
@@ -60,7 +70,15 @@ fn main() -> ExitCode {
         }
         // The banner goes to stdout with write errors ignored: a closed stdout (a supervisor
         // that stopped reading) must not take the server down, as `println!` would.
-        let banner = banner(&listeners, &config);
+        let mut banner = banner(&listeners, &config);
+        if let Some(addr) = udp.as_ref().and_then(|u| u.local_addr().ok()) {
+            let what = if config.ice.turn {
+                "STUN and TURN"
+            } else {
+                "STUN"
+            };
+            banner.push_str(&format!("{what} on udp {addr}\n"));
+        }
         let mut stdout = std::io::stdout();
         let _ = stdout
             .write_all(banner.as_bytes())
@@ -71,7 +89,15 @@ fn main() -> ExitCode {
             eprintln!("sigrelay: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
-        sigrelay::run(listeners, config, token).await;
+        sigrelay::run(
+            sigrelay::Listeners {
+                http: listeners,
+                udp,
+            },
+            config,
+            token,
+        )
+        .await;
         ExitCode::SUCCESS
     })
 }

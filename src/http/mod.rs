@@ -44,23 +44,11 @@ pub enum Transport {
 pub struct App {
     pub hub: Arc<Hub>,
     pub config: Arc<Config>,
-    /// `GET /config`, rendered once.
-    client_config: Bytes,
 }
 
 impl App {
     pub fn new(hub: Arc<Hub>, config: Arc<Config>) -> Self {
-        let ice_servers: Vec<_> = config
-            .ice_servers
-            .iter()
-            .map(|url| serde_json::json!({ "urls": url }))
-            .collect();
-        let client_config = serde_json::json!({ "iceServers": ice_servers }).to_string();
-        App {
-            hub,
-            config,
-            client_config: Bytes::from(client_config),
-        }
+        App { hub, config }
     }
 
     /// `GET /healthz`: liveness plus counts (never names: room names are not listed anywhere).
@@ -109,7 +97,7 @@ impl App {
         }
         let page = match path {
             "/" => pages::file("index.html", &req),
-            "/config" => Ok(pages::json(self.client_config.clone())),
+            "/config" => pages::client_config(&self.config.ice, &req),
             "/healthz" => Ok(pages::json(self.health())),
             "/qr.svg" => pages::qr_svg(&req),
             _ if path.starts_with("/r/") => pages::room(&path[3..], &req),

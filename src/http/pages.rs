@@ -7,6 +7,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use super::{full, Body};
 use crate::assets;
 use crate::error::ApiError;
+use crate::ice::IceSettings;
 use crate::names::{percent_decode, query_pairs, ChannelName};
 
 /// An embedded file, or `304 Not Modified` when the client's `If-None-Match` matches its ETag.
@@ -124,4 +125,37 @@ pub fn to_https<B>(req: &Request<B>) -> Result<Response<Body>, ApiError> {
     *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
     response.headers_mut().insert(header::LOCATION, location);
     Ok(response)
+}
+
+/// `GET /config[?room=NAME]`: the `iceServers` for this page, with fresh TURN credentials.
+pub fn client_config<B>(ice: &IceSettings, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+    let mut room = ChannelName::parse("sigrelay")?;
+    for pair in query_pairs(req.uri().query().unwrap_or("")) {
+        let (key, value) = pair?;
+        if key == "room" {
+            room = ChannelName::parse(&value)?;
+        }
+    }
+    let host = request_host(req);
+    let servers = crate::ice::ice_servers(ice, host.as_deref(), room.as_str());
+    Ok(json(
+        serde_json::json!({ "iceServers": servers })
+            .to_string()
+            .into(),
+    ))
+}
+
+/// The host part (no port) the client used to reach us: the Host header, or the URI's
+/// authority under HTTP/2.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))?;
+    let authority: http::uri::Authority = authority.parse().ok()?;
+    let host = authority.host();
+    // A bare IPv6 host goes into a stun: URL in brackets, as Authority keeps it.
+    Some(host.to_owned()).filter(|h| !h.is_empty())
 }

@@ -35,8 +35,21 @@ impl TestServer {
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // `config.ice.bind` set by a test means "give me a STUN/TURN socket there".
+        let udp = match config.ice.bind {
+            Some(bind) => {
+                let socket = tokio::net::UdpSocket::bind(bind).await.unwrap();
+                config.ice.bind = Some(socket.local_addr().unwrap());
+                Some(socket)
+            }
+            None => None,
+        };
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(sigrelay::run(vec![listener], config, shutdown.clone()));
+        let listeners = sigrelay::Listeners {
+            http: vec![listener],
+            udp,
+        };
+        let handle = tokio::spawn(sigrelay::run(listeners, config, shutdown.clone()));
         TestServer {
             addr,
             shutdown,
