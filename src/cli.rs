@@ -109,6 +109,17 @@ pub struct Cli {
     )]
     pub turn_secret: Option<String>,
 
+    /// A foreign origin (scheme://host[:port]) whose pages may use /stream and /channel/send
+    /// from a browser; repeat for several, `*` for any. Requests from other foreign origins get
+    /// 403, so a random web page cannot post into a room through a visitor's browser.
+    #[arg(
+        long = "cors-origin",
+        value_name = "ORIGIN",
+        env = "SIGRELAY_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origin: Vec<String>,
+
     /// Serve HTTPS (HTTP/2 and HTTP/1.1) instead of plain HTTP, which browsers need before they
     /// allow the camera anywhere but localhost. Without --cert/--key a self-signed certificate
     /// for this machine's names and addresses is made once, kept in --tls-dir and reused, so

@@ -20,6 +20,8 @@ pub struct Config {
     pub keepalive: Duration,
     /// The `retry:` a stream asks clients to wait before reconnecting, milliseconds.
     pub retry_ms: u64,
+    /// Foreign origins allowed to use the relay from a browser (`*` for any).
+    pub cors_origins: Vec<String>,
     /// Built-in STUN/TURN and the ICE servers handed to pages.
     pub ice: IceSettings,
     /// How long shutdown waits for open connections before giving up on them.
@@ -50,6 +52,7 @@ impl Default for Config {
             keepalive: Duration::from_secs(15),
             retry_ms: 2000,
             ice: IceSettings::default(),
+            cors_origins: Vec::new(),
             drain_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
             log: "info".into(),
@@ -118,7 +121,18 @@ impl TryFrom<Cli> for Config {
                 dir: cli.tls_dir.unwrap_or_else(crate::tls::default_dir),
             }),
         };
+        for origin in &cli.cors_origin {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/'));
+            if !ok {
+                return Err(ConfigError(format!(
+                    "--cors-origin {origin:?} must be * or scheme://host[:port] (no trailing slash)"
+                )));
+            }
+        }
         Ok(Config {
+            cors_origins: cli.cors_origin,
             bind: cli.bind,
             tls_source,
             qr: !cli.no_qr,

@@ -17,6 +17,8 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     /// Body over `--max-body` bytes.
     PayloadTooLarge(usize),
+    /// A browser request from an origin the policy does not allow.
+    Forbidden(String),
     /// A room already holds its capacity of peers.
     RoomFull(usize),
 }
@@ -42,13 +44,14 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RoomFull(_) => StatusCode::CONFLICT,
         }
     }
 
     fn message(&self) -> String {
         match self {
-            ApiError::BadRequest(why) => why.clone(),
+            ApiError::BadRequest(why) | ApiError::Forbidden(why) => why.clone(),
             ApiError::NotFound => "not found".into(),
             ApiError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
             ApiError::PayloadTooLarge(max) => format!("body larger than {max} bytes"),

@@ -415,9 +415,9 @@ async fn room_capacity_counts_distinct_peers() {
 async fn methods_paths_and_pages() {
     let server = TestServer::start().await;
     let r = request(server.addr, "POST", "/stream?channel=x", &[], b"").await;
-    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, OPTIONS")));
     let r = server.get("/channel/send/x/m").await;
-    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST, OPTIONS")));
     let r = server.get("/nope").await;
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"], "not found");

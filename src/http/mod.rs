@@ -1,11 +1,13 @@
 //! The route table: one `match` on (method, path) that hands each request to its endpoint
 //! module and turns every [`ApiError`] into a response in one place.
 //!
+//! - `origin.rs`  who may use the relay endpoints from a browser (403 / CORS)
 //! - `stream.rs`  `GET /stream?channel=NAME` (Server-Sent Events)
 //! - `publish.rs` `POST /channel/send/NAME/TYPE`
 //! - `pages.rs`   `GET /`, `/r/ROOM`, `/assets/...`, `/config`, `/qr.svg`, the https redirect;
 //!   `/healthz` is answered here
 
+mod origin;
 mod pages;
 mod publish;
 mod stream;
@@ -71,29 +73,43 @@ impl App {
         let path = req.uri().path().to_owned();
         let result = match transport {
             Transport::PlainOnTlsPort => pages::to_https(&req),
-            Transport::Plain | Transport::Tls => self.route(req).await,
+            Transport::Plain | Transport::Tls => self.route(req, transport).await,
         };
         let response = result.unwrap_or_else(ApiError::into_response);
         tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
         Ok(response)
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        transport: Transport,
+    ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path();
         let is_get = matches!(*req.method(), Method::GET | Method::HEAD);
 
         if path == "/stream" {
-            if req.method() != Method::GET {
-                return Err(ApiError::MethodNotAllowed("GET"));
-            }
-            return stream::subscribe(self, &req);
+            let verdict = origin::check(&req, transport, &self.config.cors_origins)?;
+            let mut response = match *req.method() {
+                Method::GET => stream::subscribe(self, &req)?,
+                Method::OPTIONS => origin::preflight(&verdict, "GET, OPTIONS"),
+                _ => return Err(ApiError::MethodNotAllowed("GET, OPTIONS")),
+            };
+            origin::decorate(response.headers_mut(), &verdict);
+            return Ok(response);
         }
         if let Some(rest) = path.strip_prefix("/channel/send/") {
-            if req.method() != Method::POST {
-                return Err(ApiError::MethodNotAllowed("POST"));
-            }
-            let rest = rest.to_owned();
-            return publish::publish(self, &rest, req).await;
+            let verdict = origin::check(&req, transport, &self.config.cors_origins)?;
+            let mut response = match *req.method() {
+                Method::POST => {
+                    let rest = rest.to_owned();
+                    publish::publish(self, &rest, req).await?
+                }
+                Method::OPTIONS => origin::preflight(&verdict, "POST, OPTIONS"),
+                _ => return Err(ApiError::MethodNotAllowed("POST, OPTIONS")),
+            };
+            origin::decorate(response.headers_mut(), &verdict);
+            return Ok(response);
         }
         let page = match path {
             "/" => pages::file("index.html", &req),

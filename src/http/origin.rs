@@ -1,0 +1,103 @@
+//! The origin policy for the relay endpoints (`/stream`, `/channel/send/...`).
+//!
+//! A `text/plain` POST is a CORS "simple request": any page a student visits could make their
+//! browser publish into a room without a preflight. So a request that carries an `Origin`
+//! other than this server's own is refused with 403, unless `--cors-origin` lists it (or `*`).
+//! Requests without `Origin` (curl, server-side clients, same-origin EventSource) are not
+//! browser cross-site requests and pass. Allowed origins get proper CORS answers, preflight
+//! included, so a page served elsewhere can use the relay.
+
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+
+use super::{full, Body, Transport};
+use crate::error::ApiError;
+
+/// What the policy decided for an allowed request.
+pub enum Verdict {
+    /// No `Origin`, or our own: nothing to add.
+    SameOrigin,
+    /// An allowed foreign origin: echo it in `Access-Control-Allow-Origin`.
+    Cors(HeaderValue),
+}
+
+/// Checks the request's `Origin` against our own and the allowed list.
+pub fn check<B>(
+    req: &Request<B>,
+    transport: Transport,
+    allowed: &[String],
+) -> Result<Verdict, ApiError> {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(Verdict::SameOrigin);
+    };
+    let text = origin
+        .to_str()
+        .map_err(|_| ApiError::Forbidden("invalid Origin header".into()))?;
+    if is_own_origin(text, req, transport) {
+        return Ok(Verdict::SameOrigin);
+    }
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(text))
+    {
+        return Ok(Verdict::Cors(origin.clone()));
+    }
+    Err(ApiError::Forbidden(format!(
+        "origin {text} is not allowed (see --cors-origin)"
+    )))
+}
+
+/// `Origin` equals `scheme://host[:port]` of the URL this request was sent to.
+fn is_own_origin<B>(origin: &str, req: &Request<B>, transport: Transport) -> bool {
+    let scheme = match transport {
+        Transport::Tls => "https",
+        Transport::Plain | Transport::PlainOnTlsPort => "http",
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let Some(host) = host else { return false };
+    let Some(rest) = origin
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+    else {
+        return false;
+    };
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    let strip = |h: &str| {
+        h.strip_suffix(default_port)
+            .unwrap_or(h)
+            .to_ascii_lowercase()
+    };
+    strip(rest) == strip(host)
+}
+
+/// Adds the CORS answer headers for an allowed foreign origin.
+pub fn decorate(headers: &mut HeaderMap, verdict: &Verdict) {
+    if let Verdict::Cors(origin) = verdict {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+/// The answer to a preflight (`OPTIONS`) from an allowed origin.
+pub fn preflight(verdict: &Verdict, methods: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(""));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    decorate(headers, verdict);
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(methods),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type, last-event-id"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    response
+}
