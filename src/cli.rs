@@ -109,6 +109,62 @@ pub struct Cli {
     )]
     pub turn_secret: Option<String>,
 
+    /// Open connections allowed in total; more are refused with 503 and closed.
+    #[arg(
+        long = "max-connections",
+        value_name = "N",
+        env = "SIGRELAY_MAX_CONNECTIONS",
+        default_value_t = 16_000
+    )]
+    pub max_connections: usize,
+
+    /// Open connections allowed from one client address (429 past it). Raise it when many
+    /// people reach the server through one NAT.
+    #[arg(
+        long = "max-connections-per-ip",
+        value_name = "N",
+        env = "SIGRELAY_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 2_000
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// Publishes allowed per client address per second on average (429 with Retry-After past
+    /// it; a call's signaling needs a few dozen in its first second).
+    #[arg(
+        long = "post-rate",
+        value_name = "PER_SEC",
+        env = "SIGRELAY_POST_RATE",
+        default_value_t = 50.0
+    )]
+    pub post_rate: f64,
+
+    /// Publishes one client address may make in a burst above --post-rate.
+    #[arg(
+        long = "post-burst",
+        value_name = "N",
+        env = "SIGRELAY_POST_BURST",
+        default_value_t = 200.0
+    )]
+    pub post_burst: f64,
+
+    /// Seconds a client may take to send its request head (slowloris protection).
+    #[arg(
+        long = "header-timeout",
+        value_name = "SECS",
+        env = "SIGRELAY_HEADER_TIMEOUT",
+        default_value_t = 10.0
+    )]
+    pub header_timeout: f64,
+
+    /// Seconds a client may take to send a publish body (408 past it).
+    #[arg(
+        long = "body-timeout",
+        value_name = "SECS",
+        env = "SIGRELAY_BODY_TIMEOUT",
+        default_value_t = 10.0
+    )]
+    pub body_timeout: f64,
+
     /// A foreign origin (scheme://host[:port]) whose pages may use /stream and /channel/send
     /// from a browser; repeat for several, `*` for any. Requests from other foreign origins get
     /// 403, so a random web page cannot post into a room through a visitor's browser.

@@ -20,6 +20,14 @@ pub struct Config {
     pub keepalive: Duration,
     /// The `retry:` a stream asks clients to wait before reconnecting, milliseconds.
     pub retry_ms: u64,
+    /// Open connections allowed in total, and from one client address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Publishes per client address per second, and the burst allowed above that.
+    pub post_rate: f64,
+    pub post_burst: f64,
+    /// How long a client may take to send a publish body.
+    pub body_timeout: Duration,
     /// Foreign origins allowed to use the relay from a browser (`*` for any).
     pub cors_origins: Vec<String>,
     /// Built-in STUN/TURN and the ICE servers handed to pages.
@@ -53,6 +61,11 @@ impl Default for Config {
             retry_ms: 2000,
             ice: IceSettings::default(),
             cors_origins: Vec::new(),
+            max_connections: 16_000,
+            max_connections_per_ip: 2_000,
+            post_rate: 50.0,
+            post_burst: 200.0,
+            body_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
             log: "info".into(),
@@ -131,7 +144,23 @@ impl TryFrom<Cli> for Config {
                 )));
             }
         }
+        if cli.max_connections == 0 || cli.max_connections_per_ip == 0 {
+            return Err(ConfigError("connection limits must be at least 1".into()));
+        }
+        let rate_ok = cli.post_rate.is_finite() && cli.post_rate > 0.0;
+        let burst_ok = cli.post_burst.is_finite() && cli.post_burst >= 1.0;
+        if !(rate_ok && burst_ok) {
+            return Err(ConfigError(
+                "--post-rate must be above 0 and --post-burst at least 1".into(),
+            ));
+        }
         Ok(Config {
+            max_connections: cli.max_connections,
+            max_connections_per_ip: cli.max_connections_per_ip,
+            post_rate: cli.post_rate,
+            post_burst: cli.post_burst,
+            header_timeout: seconds("header-timeout", cli.header_timeout, 0.1, 3600.0)?,
+            body_timeout: seconds("body-timeout", cli.body_timeout, 0.1, 3600.0)?,
             cors_origins: cli.cors_origin,
             bind: cli.bind,
             tls_source,

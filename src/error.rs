@@ -19,6 +19,10 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     /// A browser request from an origin the policy does not allow.
     Forbidden(String),
+    /// Too many publishes from this address; retry after this long.
+    TooManyRequests(std::time::Duration),
+    /// The body did not arrive within `--body-timeout`.
+    BodyTimeout,
     /// A room already holds its capacity of peers.
     RoomFull(usize),
 }
@@ -46,6 +50,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RoomFull(_) => StatusCode::CONFLICT,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -56,6 +62,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
             ApiError::PayloadTooLarge(max) => format!("body larger than {max} bytes"),
             ApiError::RoomFull(_) => "room is full".into(),
+            ApiError::TooManyRequests(_) => "too many messages from this address; slow down".into(),
+            ApiError::BodyTimeout => "the body took too long to arrive".into(),
         }
     }
 
@@ -72,8 +80,15 @@ impl ApiError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let ApiError::MethodNotAllowed(allow) = self {
-            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        match self {
+            ApiError::MethodNotAllowed(allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::TooManyRequests(wait) => {
+                let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            _ => {}
         }
         response
     }

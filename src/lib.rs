@@ -11,6 +11,7 @@
 //!   certificate (given, or generated once and reused) and rustls settings.
 //! - [`http`]: the route table and the endpoints; [`error`]: errors → status + JSON, in one place.
 //! - [`ice`]: built-in STUN/TURN and the TURN credentials pages get from `/config`.
+//! - [`limits`]: connections per client and in total, publishes per client per second.
 //! - [`hub`]: channels, fan-out, history, presence; knows nothing of HTTP.
 //! - [`sse`]: frame encoding; [`names`]: validated channel/type/peer names; [`assets`]: the
 //!   embedded pages.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod ice;
+pub mod limits;
 pub mod names;
 pub mod server;
 pub mod shutdown;

@@ -13,7 +13,8 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{App, Transport};
+use crate::http::{App, Client, Transport};
+use crate::limits::{ConnectionLimits, ConnectionRefusal};
 
 /// Serves every listener until `shutdown` fires, then waits up to the drain timeout for open
 /// connections (SSE streams end by themselves on shutdown; in-flight POSTs finish).
@@ -27,18 +28,21 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
 
-    // Shared by the accept loops, which take one watcher per connection; unwrapped again to
-    // drain once they have all returned.
     let builder = Arc::new(builder);
     // Shared by the accept loops, which take one watcher per connection; unwrapped again to
     // drain once they have all returned.
     let graceful = Arc::new(GracefulShutdown::new());
+    let limits = ConnectionLimits::new(
+        app.config.max_connections,
+        app.config.max_connections_per_ip,
+    );
     let mut accept_loops = tokio::task::JoinSet::new();
     for listener in listeners {
         let builder = builder.clone();
         let graceful = graceful.clone();
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let limits = limits.clone();
         accept_loops.spawn(async move {
             loop {
                 let (stream, peer) = tokio::select! {
@@ -55,14 +59,19 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
                 };
                 // Signaling messages are small and latency-bound: never wait for Nagle.
                 let _ = stream.set_nodelay(true);
+                let permit = match limits.try_acquire(peer.ip()) {
+                    Ok(permit) => permit,
+                    Err(refusal) => {
+                        tokio::spawn(refuse(stream, refusal, app.config.tls.is_none()));
+                        continue;
+                    }
+                };
                 let watcher = graceful.watcher();
-                tokio::spawn(connection(
-                    stream,
-                    peer,
-                    builder.clone(),
-                    watcher,
-                    app.clone(),
-                ));
+                let served = connection(stream, peer, builder.clone(), watcher, app.clone());
+                tokio::spawn(async move {
+                    served.await;
+                    drop(permit);
+                });
             }
         });
     }
@@ -79,6 +88,42 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
         _ = tokio::time::sleep(drain) => {
             tracing::warn!("connections still open after {drain:?}; closing them")
         }
+    }
+}
+
+/// Turns away a connection over a limit: a one-line JSON answer where the client speaks plain
+/// HTTP (we cannot know before reading, so it is written blind and the socket closed), or just
+/// a close on a TLS port.
+async fn refuse(mut stream: TcpStream, refusal: ConnectionRefusal, plain: bool) {
+    use tokio::io::AsyncWriteExt;
+    let (status, reason) = match refusal {
+        ConnectionRefusal::Total(max) => (
+            "503 Service Unavailable",
+            format!("server is at its limit of {max} connections"),
+        ),
+        ConnectionRefusal::PerIp(max) => (
+            "429 Too Many Requests",
+            format!("too many connections from your address (limit {max})"),
+        ),
+    };
+    tracing::debug!(?refusal, "connection refused");
+    if plain {
+        let body = format!("{}\n", serde_json::json!({ "error": reason }));
+        let response = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let write = async {
+            use tokio::io::AsyncReadExt;
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await?;
+            // Read what the client sent before closing: closing with unread data makes the
+            // kernel send a reset, which can destroy the answer before the client reads it.
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
     }
 }
 
@@ -131,7 +176,11 @@ async fn serve_io<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| app.clone().handle(req, transport));
+    let client = Client {
+        addr: peer,
+        transport,
+    };
+    let service = service_fn(move |req| app.clone().handle(req, client));
     let connection = builder.serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");

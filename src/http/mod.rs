@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::limits::RateLimiter;
 use crate::Config;
 
 /// Every response body: a whole buffer, or an endless SSE stream.
@@ -30,6 +31,13 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// A complete body from anything that becomes `Bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
+}
+
+/// Who is asking, and over what.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub addr: std::net::SocketAddr,
+    pub transport: Transport,
 }
 
 /// How a connection reached us.
@@ -46,11 +54,18 @@ pub enum Transport {
 pub struct App {
     pub hub: Arc<Hub>,
     pub config: Arc<Config>,
+    /// Publishes per client address.
+    pub post_limiter: Arc<RateLimiter>,
 }
 
 impl App {
     pub fn new(hub: Arc<Hub>, config: Arc<Config>) -> Self {
-        App { hub, config }
+        let post_limiter = Arc::new(RateLimiter::new(config.post_rate, config.post_burst));
+        App {
+            hub,
+            config,
+            post_limiter,
+        }
     }
 
     /// `GET /healthz`: liveness plus counts (never names: room names are not listed anywhere).
@@ -67,13 +82,13 @@ impl App {
     pub async fn handle(
         self,
         req: Request<Incoming>,
-        transport: Transport,
+        client: Client,
     ) -> Result<Response<Body>, Infallible> {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let result = match transport {
+        let result = match client.transport {
             Transport::PlainOnTlsPort => pages::to_https(&req),
-            Transport::Plain | Transport::Tls => self.route(req, transport).await,
+            Transport::Plain | Transport::Tls => self.route(req, client).await,
         };
         let response = result.unwrap_or_else(ApiError::into_response);
         tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
@@ -83,8 +98,9 @@ impl App {
     async fn route(
         &self,
         req: Request<Incoming>,
-        transport: Transport,
+        client: Client,
     ) -> Result<Response<Body>, ApiError> {
+        let transport = client.transport;
         let path = req.uri().path();
         let is_get = matches!(*req.method(), Method::GET | Method::HEAD);
 
@@ -102,6 +118,9 @@ impl App {
             let verdict = origin::check(&req, transport, &self.config.cors_origins)?;
             let mut response = match *req.method() {
                 Method::POST => {
+                    self.post_limiter
+                        .check(client.addr.ip())
+                        .map_err(ApiError::TooManyRequests)?;
                     let rest = rest.to_owned();
                     publish::publish(self, &rest, req).await?
                 }

@@ -36,9 +36,10 @@ pub async fn publish(
         }
     }
     // A chunked (or lying) body is cut off at the limit while it is read.
-    let body = Limited::new(req.into_body(), max)
-        .collect()
+    let reading = Limited::new(req.into_body(), max).collect();
+    let body = tokio::time::timeout(app.config.body_timeout, reading)
         .await
+        .map_err(|_| ApiError::BodyTimeout)?
         .map_err(|e| {
             if e.is::<LengthLimitError>() {
                 ApiError::PayloadTooLarge(max)
