@@ -101,6 +101,13 @@ impl App {
         client: Client,
     ) -> Result<Response<Body>, ApiError> {
         let transport = client.transport;
+        // RFC 9112 3.2: an HTTP/1.1 request without Host is malformed. (HTTP/2 carries
+        // :authority instead; HTTP/1.0 predates Host.)
+        if req.version() == http::Version::HTTP_11
+            && !req.headers().contains_key(http::header::HOST)
+        {
+            return Err(ApiError::BadRequest("missing Host header".into()));
+        }
         let path = req.uri().path();
         let is_get = matches!(*req.method(), Method::GET | Method::HEAD);
 
