@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# The two anchors of issue 5 on loopback, for benches/load.rs to measure next to sigrelay:
+#   nginx + Debian's libnginx-mod-nchan   (/pub?id=ROOM, /sub?id=ROOM as EventSource)
+#   the seed stack: flask + flask-sse + gunicorn (gevent worker) + redis-server, in a venv
+#
+#   benches/anchors.sh start   # install what is missing, start both, print the load commands
+#   benches/anchors.sh stop    # stop what `start` started (by the PIDs it recorded)
+#   benches/anchors.sh compare # start, run `load all` on sigrelay, nchan and the seed, stop
+#                              # (the seed at small sizes: it manages ~500 publishes/s)
+#
+# Env: ANCHORS_DIR (state, default /tmp/sigrelay-anchors), NCHAN_PORT (18081),
+# SEED_PORT (18082), REDIS_PORT (18079), SEED_WORKERS (1).
+set -euo pipefail
+
+DIR=${ANCHORS_DIR:-/tmp/sigrelay-anchors}
+NCHAN_PORT=${NCHAN_PORT:-18081}
+SEED_PORT=${SEED_PORT:-18082}
+REDIS_PORT=${REDIS_PORT:-18079}
+SEED_WORKERS=${SEED_WORKERS:-1}
+NCHAN_SO=/usr/lib/nginx/modules/ngx_nchan_module.so
+
+wait_port() { # host:port, bounded to ~10 s
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "anchors: nothing listening on $1" >&2
+    return 1
+}
+
+install() {
+    if [ ! -e "$NCHAN_SO" ] || ! command -v nginx >/dev/null || ! command -v redis-server >/dev/null; then
+        apt-get update -qq
+        # No service start in a container; the nginx we run uses its own config below.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            nginx libnginx-mod-nchan redis-server >/dev/null
+    fi
+    if [ ! -x "$DIR/venv/bin/gunicorn" ]; then
+        python3 -m venv "$DIR/venv"
+        "$DIR/venv/bin/pip" install -q flask flask-sse redis gunicorn gevent packaging
+    fi
+}
+
+start_nchan() {
+    mkdir -p "$DIR/nginx"
+    cat >"$DIR/nginx/nginx.conf" <<EOF
+load_module $NCHAN_SO;
+worker_processes auto;
+worker_rlimit_nofile 20000;
+pid $DIR/nginx/nginx.pid;
+error_log $DIR/nginx/error.log warn;
+events { worker_connections 19900; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path $DIR/nginx;
+    server {
+        listen 127.0.0.1:$NCHAN_PORT backlog=4096;
+        location = /sub {
+            nchan_subscriber eventsource;
+            nchan_channel_id \$arg_id;
+        }
+        location = /pub {
+            nchan_publisher;
+            nchan_channel_id \$arg_id;
+            nchan_message_buffer_length 64;
+        }
+    }
+}
+EOF
+    nginx -c "$DIR/nginx/nginx.conf" -p "$DIR/nginx"
+    wait_port "127.0.0.1:$NCHAN_PORT"
+}
+
+start_seed() {
+    mkdir -p "$DIR/seed"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --maxclients 19000 --daemonize yes --pidfile "$DIR/seed/redis.pid" \
+        --logfile "$DIR/seed/redis.log"
+    wait_port "127.0.0.1:$REDIS_PORT"
+    cat >"$DIR/seed/app.py" <<EOF
+from flask import Flask, request
+from flask_sse import sse
+
+app = Flask(__name__)
+app.config["REDIS_URL"] = "redis://127.0.0.1:$REDIS_PORT"
+app.register_blueprint(sse, url_prefix="/stream")
+
+
+@app.route("/channel/send/<channel>/<type>", methods=["POST"])
+def send(channel, type):
+    sse.publish({"message": request.get_data(as_text=True)}, type=type, channel=channel)
+    return "ok"
+EOF
+    (cd "$DIR/seed" && ulimit -n 20000 && "$DIR/venv/bin/gunicorn" -k gevent \
+        -w "$SEED_WORKERS" --worker-connections 19000 -b "127.0.0.1:$SEED_PORT" \
+        --daemon --pid "$DIR/seed/gunicorn.pid" --log-file "$DIR/seed/gunicorn.log" app:app)
+    wait_port "127.0.0.1:$SEED_PORT"
+}
+
+pids_of() { # master pid file -> master,children
+    local m
+    m=$(cat "$1")
+    echo "$m$(ps --ppid "$m" -o pid= | tr -d ' ' | sed 's/^/,/' | tr -d '\n')"
+}
+
+NCHAN_URLS=(--sub-url "http://127.0.0.1:$NCHAN_PORT/sub?id={room}" --pub-url "http://127.0.0.1:$NCHAN_PORT/pub?id={room}")
+SEED_URLS=(--sub-url "http://127.0.0.1:$SEED_PORT/stream?channel={room}" --pub-url "http://127.0.0.1:$SEED_PORT/channel/send/{room}/{type}")
+
+start() {
+    mkdir -p "$DIR"
+    install
+    start_nchan
+    start_seed
+    sleep 1
+    nginx_pids=$(pids_of "$DIR/nginx/nginx.pid")
+    seed_pids="$(pids_of "$DIR/seed/gunicorn.pid"),$(cat "$DIR/seed/redis.pid")"
+}
+
+stop() {
+    for f in "$DIR/nginx/nginx.pid" "$DIR/seed/gunicorn.pid" "$DIR/seed/redis.pid"; do
+        if [ -s "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
+    done
+}
+
+load() { # label, load args...
+    echo "== $1"
+    shift
+    cargo bench -q --bench load -- "$@" 2>&1 | sed -n '/^target:/,$p'
+}
+
+case "${1:-}" in
+compare)
+    cd "$(dirname "$0")/.."
+    [ -x target/release/sigrelay ] || cargo build --release
+    cargo bench -q --bench load --no-run
+    start
+    trap stop EXIT
+    echo "machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+    load sigrelay all
+    load nchan all "${NCHAN_URLS[@]}" --server-pid "$nginx_pids"
+    load seed all --rooms 100 --rate 200 --duration 5 --publishers 16 --n 1000 \
+        "${SEED_URLS[@]}" --server-pid "$seed_pids"
+    ;;
+start)
+    start
+    cat <<EOF
+anchors up. Measure them with:
+  cargo bench --bench load -- all --sub-url 'http://127.0.0.1:$NCHAN_PORT/sub?id={room}' --pub-url 'http://127.0.0.1:$NCHAN_PORT/pub?id={room}' --server-pid $nginx_pids
+  cargo bench --bench load -- all --sub-url 'http://127.0.0.1:$SEED_PORT/stream?channel={room}' --pub-url 'http://127.0.0.1:$SEED_PORT/channel/send/{room}/{type}' --server-pid $seed_pids
+EOF
+    ;;
+stop)
+    stop
+    ;;
+*)
+    echo "usage: $0 start|stop|compare" >&2
+    exit 2
+    ;;
+esac
