@@ -5,6 +5,7 @@
 //! the subscription ends (shutdown, or the same peer reconnected elsewhere).
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -75,6 +76,9 @@ struct StreamState {
     subscription: Subscription,
     preamble: Option<Bytes>,
     keepalive: Duration,
+    /// One timer per stream, re-armed only when it fires: a comment every `keepalive` whatever
+    /// the traffic, instead of a new timer for every frame on a busy stream.
+    keepalive_timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 fn sse_body(subscription: Subscription, preamble: Bytes, keepalive: Duration) -> Body {
@@ -82,6 +86,7 @@ fn sse_body(subscription: Subscription, preamble: Bytes, keepalive: Duration) ->
         subscription,
         preamble: Some(preamble),
         keepalive,
+        keepalive_timer: Box::pin(tokio::time::sleep(keepalive)),
     };
     let frames = stream::unfold(state, |mut state| async move {
         if let Some(preamble) = state.preamble.take() {
@@ -89,7 +94,11 @@ fn sse_body(subscription: Subscription, preamble: Bytes, keepalive: Duration) ->
         }
         let frame = tokio::select! {
             frame = state.subscription.recv() => frame?,
-            _ = tokio::time::sleep(state.keepalive) => sse::KEEPALIVE,
+            _ = &mut state.keepalive_timer => {
+                let next = tokio::time::Instant::now() + state.keepalive;
+                state.keepalive_timer.as_mut().reset(next);
+                sse::KEEPALIVE
+            }
         };
         Some((Ok(Frame::data(frame)), state))
     });

@@ -18,12 +18,13 @@
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::{Event, HubError, Published, StartAt};
 use crate::names::{ChannelName, PeerId};
@@ -228,7 +229,7 @@ impl Hub {
             rx,
             pending,
             last_id,
-            stop,
+            stopped: Box::pin(stop.cancelled_owned()),
             id: subscription_id,
         })
     }
@@ -298,7 +299,9 @@ pub struct Subscription {
     /// The newest id this subscriber has been given (or chose to skip); anything from `rx` at
     /// or below it is a duplicate of a replayed event and is dropped.
     last_id: u64,
-    stop: CancellationToken,
+    /// Resolves when the stream must end (shutdown, or this peer reconnected elsewhere).
+    /// Made once and kept, so a receive does not build a new cancellation future each time.
+    stopped: Pin<Box<WaitForCancellationFutureOwned>>,
     id: u64,
 }
 
@@ -307,9 +310,6 @@ impl Subscription {
     /// same peer opened a newer stream).
     pub async fn recv(&mut self) -> Option<bytes::Bytes> {
         loop {
-            if self.stop.is_cancelled() {
-                return None;
-            }
             if let Some(event) = self.pending.pop_front() {
                 if let Some(id) = event.id {
                     self.last_id = self.last_id.max(id);
@@ -318,7 +318,7 @@ impl Subscription {
             }
             let received = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => return None,
+                _ = &mut self.stopped => return None,
                 received = self.rx.recv() => received,
             };
             match received {
