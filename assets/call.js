@@ -8,6 +8,10 @@
 // them: `sid` names one offer/answer session so stale candidates are dropped, `peer` is this
 // page's id. Extra types the seed never listens to: `hello` (the creator's stream opened: a
 // joiner whose call is stale calls again) and `bye` (hang-up or page closed).
+//
+// The page shows which path the call's media took (`document.body.dataset.path`: `direct` or
+// `relayed`, from the selected ICE candidate pair) and a QR code of its invite link. The test
+// switch `?relay=1` makes the page use TURN relay candidates only (`iceTransportPolicy: relay`).
 
 import { openEventStream } from './sse.js';
 import { isValidRoom, joinUrl, copyText, ROOM_RULE } from './room.js';
@@ -30,9 +34,14 @@ const ui = {
   retry: $('#retry'),
   play: $('#play'),
   placeholder: $('#placeholder'),
+  path: $('#path'),
+  qr: $('#qr'),
 };
 
-const role = new URLSearchParams(location.search).get('as') === 'creator' ? 'creator' : 'joiner';
+const params = new URLSearchParams(location.search);
+const role = params.get('as') === 'creator' ? 'creator' : 'joiner';
+// Test switch: media only through a TURN relay, to prove the built-in TURN carries a call.
+const forceRelay = params.get('relay') === '1';
 const room = roomFromPath();
 const peerId = stablePeerId();
 const myIceType = role === 'creator' ? 'ice1' : 'ice2';
@@ -56,6 +65,7 @@ let watchdog = null;
 let watchdogDelay = 10000; // an unanswered offer is made again after this, doubling
 let retryDelay = 1000; // a failed call is made again after this, doubling
 let retryTimer = null; // the joiner's next attempt after a lost or failed connection
+let pathTimer = null; // re-reads the call's path while connected (ICE may switch pairs)
 
 // Every signaling step runs on one chain, in the order events arrived, so that a handler
 // never sees a half-built RTCPeerConnection from the one before it.
@@ -179,6 +189,11 @@ function start() {
   ui.role.textContent = role === 'creator' ? 'You created this room' : 'You joined this room';
   const link = joinUrl(room);
   ui.link.value = link;
+  if (isValidRoom(room)) {
+    ui.qr.src = `/qr.svg?text=${encodeURIComponent(link)}`;
+    ui.qr.title = link;
+    ui.qr.hidden = false;
+  }
   ui.copy.addEventListener('click', async () => {
     const ok = await copyText(link, ui.link);
     ui.copied.textContent = ok ? 'Copied' : 'Select the link and copy it';
@@ -224,13 +239,96 @@ function start() {
 
 async function loadConfig() {
   try {
-    const response = await fetch('/config', { cache: 'no-store' });
+    // The room rides along: TURN credentials are issued for it.
+    const response = await fetch(`/config?room=${encodeURIComponent(room)}`, { cache: 'no-store' });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const config = await response.json();
     if (Array.isArray(config.iceServers)) iceServers = config.iceServers;
   } catch (error) {
     console.warn('sigrelay: no /config, using no ICE servers (fine on one network):', error);
   }
+  if (forceRelay && !iceServers.some(isTurnServer)) {
+    setNotice(
+      'relay',
+      'Relay only (relay=1 in the address), but this server offers no TURN relay (start it ' +
+        'with --turn): the call cannot connect.',
+      'warn',
+    );
+  }
+}
+
+function isTurnServer(server) {
+  const urls = Array.isArray(server?.urls) ? server.urls : [server?.urls];
+  return urls.some((url) => typeof url === 'string' && /^turns?:/.test(url));
+}
+
+// --- which path the call took ----------------------------------------------------------------
+
+const PATH_WORDS = {
+  direct: 'Direct connection',
+  relayed: 'Relayed through the server',
+};
+
+// The selected candidate pair of `p`'s transport: relayed when either end is a TURN relay
+// candidate, direct otherwise. Null while there is no selected pair yet.
+async function callPath(p) {
+  const stats = await p.getStats();
+  let pair = null;
+  stats.forEach((report) => {
+    if (report.type === 'transport' && report.selectedCandidatePairId) {
+      pair ??= stats.get(report.selectedCandidatePairId) ?? null;
+    }
+  });
+  if (!pair) {
+    // Browsers without transport stats: the nominated pair in use (Firefox marks it selected).
+    stats.forEach((report) => {
+      if (
+        report.type === 'candidate-pair' &&
+        report.state === 'succeeded' &&
+        (report.selected || report.nominated)
+      ) {
+        pair ??= report;
+      }
+    });
+  }
+  if (!pair) return null;
+  const local = stats.get(pair.localCandidateId);
+  const remote = stats.get(pair.remoteCandidateId);
+  if (!local || !remote) return null;
+  return local.candidateType === 'relay' || remote.candidateType === 'relay' ? 'relayed' : 'direct';
+}
+
+function showPath(path) {
+  if (path) {
+    document.body.dataset.path = path;
+    ui.path.textContent = PATH_WORDS[path];
+    ui.path.hidden = false;
+  } else {
+    delete document.body.dataset.path;
+    ui.path.textContent = '';
+    ui.path.hidden = true;
+  }
+}
+
+// Reads the path at once, again shortly after (the pair's stats can lag the state change), and
+// then every few seconds while this call lasts.
+function watchPath(p) {
+  clearTimeout(pathTimer);
+  let delay = 250;
+  const check = async () => {
+    if (pc !== p) return;
+    let path = null;
+    try {
+      path = await callPath(p);
+    } catch (error) {
+      console.warn('sigrelay: getStats failed:', error);
+    }
+    if (pc !== p) return;
+    if (path) showPath(path);
+    delay = path ? 5000 : Math.min(delay * 2, 2000);
+    pathTimer = setTimeout(check, delay);
+  };
+  check();
 }
 
 // --- camera and microphone -------------------------------------------------------------------
@@ -366,7 +464,10 @@ function callInProgress() {
 
 function newPc(forSid) {
   closePc();
-  const p = new RTCPeerConnection({ iceServers });
+  const p = new RTCPeerConnection({
+    iceServers,
+    iceTransportPolicy: forceRelay ? 'relay' : 'all',
+  });
   pc = p;
   sid = forSid;
   p.onicecandidate = (event) => {
@@ -402,6 +503,8 @@ function newPc(forSid) {
 function closePc() {
   clearTimeout(watchdog);
   clearTimeout(retryTimer);
+  clearTimeout(pathTimer);
+  showPath(null);
   if (pc) {
     const old = pc;
     pc = null;
@@ -441,6 +544,7 @@ function onPcState(state) {
       retryDelay = 1000;
       setState('connected');
       setNotice('call', null);
+      if (pc) watchPath(pc);
       break;
     case 'disconnected':
       setState('disconnected');

@@ -51,7 +51,13 @@ fn main() -> ExitCode {
         }
         let udp = match config.ice.bind {
             Some(addr) => match tokio::net::UdpSocket::bind(addr).await {
-                Ok(socket) => Some(socket),
+                Ok(socket) => {
+                    // Pages must be told the port actually bound (`--stun 127.0.0.1:0`).
+                    if let Ok(bound) = socket.local_addr() {
+                        config.ice.bind = Some(bound);
+                    }
+                    Some(socket)
+                }
                 Err(e) => {
                     eprintln!("sigrelay: cannot listen for STUN/TURN on udp {addr}: {e}");
                     return ExitCode::FAILURE;

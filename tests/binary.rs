@@ -97,3 +97,16 @@ fn bad_flags_exit_2_with_a_reason() {
         assert!(!out.stderr.is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_names_the_stun_port_actually_bound() {
+    let (_guard, addr) = start(&["--bind", "127.0.0.1:0", "--stun", "127.0.0.1:0", "--turn"]);
+    let config = request(addr, "GET", "/config?room=r1", &[], b"")
+        .await
+        .json();
+    let stun = config["iceServers"][0]["urls"].as_str().unwrap().to_owned();
+    let port: u16 = stun.rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(port, 0, "{config}");
+    let turn = config["iceServers"][1]["urls"].as_str().unwrap();
+    assert_eq!(turn, format!("turn:127.0.0.1:{port}?transport=udp"));
+}

@@ -75,7 +75,26 @@ fn start_call(server: &Server, creator: &Person, joiner: &Person) -> String {
     for person in [creator, joiner] {
         person.wait_remote_video_moving();
     }
+    // No STUN or TURN here: the media went straight between the two pages, and they say so.
+    for person in [creator, joiner] {
+        wait_path(person, "direct");
+    }
     room
+}
+
+/// Waits until the page shows the call's path (`direct` or `relayed`), as data and in words.
+fn wait_path(person: &Person, path: &str) {
+    let words = if path == "relayed" {
+        "relayed through the server"
+    } else {
+        "direct connection"
+    };
+    person.wait_for(&format!("path {path:?} ({words:?})"), WAIT, |s| {
+        s["path"] == path
+            && s["pathWords"]
+                .as_str()
+                .is_some_and(|w| w.to_lowercase() == words)
+    });
 }
 
 fn connections(person: &Person) -> u64 {
@@ -335,12 +354,12 @@ fn plain_http_on_a_lan_name_says_why_and_joins_receive_only() {
     };
     let server = Server::start(&[]);
     let creator = browsers.person("creator");
-    // `lan.test` resolves to 127.0.0.1 but is not "localhost" to Chromium: a page from it over
-    // plain http is not a secure context, like a phone opening http://192.168.x.y:8000/.
+    // `classroom.test` resolves to 127.0.0.1 but is not "localhost" to Chromium: a page from it
+    // over plain http is not a secure context, like a phone opening http://192.168.x.y:8000/.
     let joiner = browsers.person_with(
         "joiner",
         &[
-            "--host-resolver-rules=MAP lan.test 127.0.0.1",
+            "--host-resolver-rules=MAP classroom.test 127.0.0.1",
             "--disable-features=WebRtcHideLocalIpsWithMdns",
         ],
     );
@@ -348,7 +367,7 @@ fn plain_http_on_a_lan_name_says_why_and_joins_receive_only() {
     creator.goto(&format!("{}/r/{room}?as=creator", server.url));
     creator.wait_for("the creator's page, subscribed", WAIT, |s| s["peers"] == 1);
 
-    let lan_url = server.url.replace("127.0.0.1", "lan.test");
+    let lan_url = server.url.replace("127.0.0.1", "classroom.test");
     joiner.goto(&format!("{lan_url}/r/{room}"));
     let shown = joiner.wait_for("the insecure-context notice", WAIT, |s| {
         s["media"] == "none" && notice(s).contains("https")
@@ -404,4 +423,207 @@ fn no_camera_joins_with_audio_only_and_says_so() {
     for person in [&creator, &joiner] {
         assert_no_console_errors(person);
     }
+}
+
+/// How long a forced-relay call without TURN gets to (wrongly) connect.
+const NO_RELAY_WAIT: Duration = Duration::from_secs(15);
+
+/// Opens a new room at `base`: the creator's page first, then the joiner's, both with the
+/// query parameters `extra` (such as `relay=1`) added. Returns the room.
+fn open_room(base: &str, creator: &Person, joiner: &Person, prefix: &str, extra: &str) -> String {
+    let room = format!("{prefix}-{:x}", unique());
+    let and = if extra.is_empty() { "" } else { "&" };
+    creator.goto(&format!("{base}/r/{room}?as=creator{and}{extra}"));
+    creator.wait_for("the creator's page, subscribed and alone", WAIT, |s| {
+        s["peers"] == 1 && s["state"] == "waiting"
+    });
+    let query = if extra.is_empty() {
+        String::new()
+    } else {
+        format!("?{extra}")
+    };
+    joiner.goto(&format!("{base}/r/{room}{query}"));
+    room
+}
+
+#[test]
+fn forced_relay_calls_through_the_built_in_turn_and_fails_without_it() {
+    let Some(browsers) = Browsers::get("forced_relay") else {
+        return;
+    };
+    let creator = browsers.person("creator");
+    let joiner = browsers.person("joiner");
+
+    // With TURN: both pages may use relay candidates only (`?relay=1`), so a connected call
+    // with moving video is media that flowed through sigrelay's TURN relay.
+    let server = Server::start(&[
+        "--stun",
+        "127.0.0.1:0",
+        "--turn",
+        "--turn-relay-ip",
+        "127.0.0.1",
+    ]);
+    let banner = "STUN and TURN on udp 127.0.0.1:".to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log().contains(&banner) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        server.log().contains(&banner),
+        "no {banner:?} in the banner:\n{}",
+        server.log()
+    );
+    let room = open_room(&server.url, &creator, &joiner, "relay", "relay=1");
+    for person in [&creator, &joiner] {
+        person.wait_state("connected");
+    }
+    for person in [&creator, &joiner] {
+        person.wait_remote_video_moving();
+        wait_path(person, "relayed");
+    }
+    keep_screenshot(&joiner, "relayed");
+
+    // The invite link's QR code: an image the server drew, of this room's joiner link.
+    let qr = creator.exec(
+        "const img = document.querySelector('#qr');
+         return { src: img.getAttribute('src'), width: img.naturalWidth, hidden: img.hidden,
+                  link: location.origin + '/r/' + arguments[0] };",
+        vec![json!(room)],
+    );
+    let link = qr["link"].as_str().unwrap_or_default();
+    let encoded: String = link
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    assert_eq!(qr["src"], format!("/qr.svg?text={encoded}"), "{qr:#}");
+    assert!(
+        qr["width"].as_u64().unwrap_or(0) > 0 && qr["hidden"] == false,
+        "the QR code did not load: {qr:#}"
+    );
+    for person in [&creator, &joiner] {
+        assert_no_console_errors(person);
+    }
+    drop(server);
+
+    // Without TURN (STUN only): the same forced-relay call has no candidate to use and never
+    // connects, so the call above could not have connected any other way.
+    let server = Server::start(&["--stun", "127.0.0.1:0"]);
+    open_room(&server.url, &creator, &joiner, "no-relay", "relay=1");
+    let started = Instant::now();
+    while started.elapsed() < NO_RELAY_WAIT {
+        for person in [&creator, &joiner] {
+            let now = person.snapshot();
+            assert!(
+                now["state"] != "connected" && now["connections"] == 0 && now["path"].is_null(),
+                "{}: a forced-relay call without TURN connected: {now:#}",
+                person.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for person in [&creator, &joiner] {
+        let now = person.snapshot();
+        assert!(
+            notice(&now).contains("no turn relay"),
+            "{}: the page does not say why it cannot connect: {now:#}",
+            person.name
+        );
+        eprintln!(
+            "{}: without TURN after {NO_RELAY_WAIT:?}: state {}, status {}",
+            person.name, now["state"], now["status"]
+        );
+    }
+    keep_screenshot(&joiner, "no-relay");
+}
+
+/// The base64 SHA-256 of a PEM certificate's SubjectPublicKeyInfo, as Chromium's
+/// `--ignore-certificate-errors-spki-list` wants it (computed with the openssl command).
+fn spki_sha256_base64(cert: &std::path::Path) -> String {
+    let script = format!(
+        "openssl x509 -pubkey -noout -in '{}' | openssl pkey -pubin -outform der \
+         | openssl dgst -sha256 -binary | openssl base64 -A",
+        cert.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("run openssl (needed to trust the generated certificate)");
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && hash.len() == 44,
+        "openssl could not hash {}: {}",
+        cert.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hash
+}
+
+#[test]
+fn https_on_a_lan_name_calls_with_the_generated_certificate() {
+    let Some(browsers) = Browsers::get("lan_https") else {
+        return;
+    };
+    let tls_dir = std::env::temp_dir().join(format!(
+        "sigrelay-browser-tls-{}-{:x}",
+        std::process::id(),
+        unique()
+    ));
+    let server = Server::start(&["--tls", "--tls-dir", tls_dir.to_str().expect("utf-8 path")]);
+    assert!(
+        server.url.starts_with("https://"),
+        "--tls printed {}",
+        server.url
+    );
+    // The browsers trust exactly the certificate sigrelay made (a student's "Proceed"), on a
+    // name that is not localhost, like https://192.168.x.y:8443/ on a LAN.
+    let spki = spki_sha256_base64(&tls_dir.join("cert.pem"));
+    let args = [
+        "--host-resolver-rules=MAP classroom.test 127.0.0.1".to_string(),
+        format!("--ignore-certificate-errors-spki-list={spki}"),
+        "--disable-features=WebRtcHideLocalIpsWithMdns".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let creator = browsers.person_with("creator", &args);
+    let joiner = browsers.person_with("joiner", &args);
+
+    let base = server.url.replace("127.0.0.1", "classroom.test");
+    open_room(&base, &creator, &joiner, "lan-https", "");
+    for person in [&creator, &joiner] {
+        person.wait_state("connected");
+    }
+    for person in [&creator, &joiner] {
+        person.wait_remote_video_moving();
+        let page = person.exec(
+            "const nav = performance.getEntriesByType('navigation')[0];
+             return { secure: window.isSecureContext, protocol: nav && nav.nextHopProtocol,
+                      media: document.body.dataset.media, origin: location.origin };",
+            vec![],
+        );
+        assert_eq!(
+            page["secure"], true,
+            "{}: not a secure context: {page:#}",
+            person.name
+        );
+        assert_eq!(
+            page["media"], "audio+video",
+            "{}: no camera over https: {page:#}",
+            person.name
+        );
+        assert_eq!(page["origin"], base.as_str(), "{}: {page:#}", person.name);
+        assert_eq!(
+            page["protocol"], "h2",
+            "{}: the page was not served over HTTP/2: {page:#}",
+            person.name
+        );
+        assert_no_console_errors(person);
+    }
+    keep_screenshot(&joiner, "lan-https");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&tls_dir);
 }

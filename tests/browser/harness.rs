@@ -206,7 +206,11 @@ impl Server {
             let (log, url_tx) = (Arc::clone(&log), url_tx.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(output).lines().map_while(Result::ok) {
-                    if let Some(at) = line.find("http://127.0.0.1:") {
+                    // `http://127.0.0.1:PORT/`, or `https://...` with `--tls`.
+                    let at = line
+                        .find("http://127.0.0.1:")
+                        .or_else(|| line.find("https://127.0.0.1:"));
+                    if let Some(at) = at {
                         let url = line[at..].split_whitespace().next().unwrap_or_default();
                         let _ = url_tx.send(url.trim_end_matches('/').to_string());
                     }
@@ -219,7 +223,7 @@ impl Server {
             Err(_) => {
                 let _ = child.kill();
                 panic!(
-                    "sigrelay printed no http://127.0.0.1:PORT/ line; it said:\n{}",
+                    "sigrelay printed no http(s)://127.0.0.1:PORT/ line; it said:\n{}",
                     log.lock().unwrap().join("\n")
                 );
             }
@@ -262,6 +266,8 @@ return {
   connections: body ? Number(body.dataset.connections || 0) : 0,
   peers: body && body.dataset.peers ? Number(body.dataset.peers) : null,
   media: body ? body.dataset.media || null : null,
+  path: body ? body.dataset.path || null : null,
+  pathWords: text('#path'),
   status: text('#status'),
   notice: text('#notice'),
   local: video(document.querySelector('#local') || document.querySelector('#localVideo')),
