@@ -180,6 +180,19 @@ pub fn query_pairs(query: &str) -> impl Iterator<Item = Result<(String, String),
     })
 }
 
+/// The decoded value of `key` in a query string (the last one if repeated), refusing any pair
+/// that fails to decode.
+pub fn query_value(query: &str, key: &str) -> Result<Option<String>, NameError> {
+    let mut found = None;
+    for pair in query_pairs(query) {
+        let (k, v) = pair?;
+        if k == key {
+            found = Some(v);
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

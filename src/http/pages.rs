@@ -8,7 +8,7 @@ use super::{full, Body};
 use crate::assets;
 use crate::error::ApiError;
 use crate::ice::IceSettings;
-use crate::names::{percent_decode, query_pairs, ChannelName};
+use crate::names::{percent_decode, query_value, ChannelName};
 
 /// An embedded file, or `304 Not Modified` when the client's `If-None-Match` matches its ETag.
 pub fn file<B>(path: &str, req: &Request<B>) -> Result<Response<Body>, ApiError> {
@@ -73,13 +73,7 @@ const MAX_QR_TEXT: usize = 1024;
 /// `GET /qr.svg?text=...`: a QR code drawn by the server, so the call page can show its room
 /// link as a code a phone scans, with no CDN.
 pub fn qr_svg<B>(req: &Request<B>) -> Result<Response<Body>, ApiError> {
-    let mut text = None;
-    for pair in query_pairs(req.uri().query().unwrap_or("")) {
-        let (key, value) = pair?;
-        if key == "text" {
-            text = Some(value);
-        }
-    }
+    let text = query_value(req.uri().query().unwrap_or(""), "text")?;
     let text = text.ok_or_else(|| ApiError::BadRequest("missing ?text=".into()))?;
     if text.is_empty() || text.len() > MAX_QR_TEXT {
         return Err(ApiError::BadRequest(format!(
@@ -129,13 +123,10 @@ pub fn to_https<B>(req: &Request<B>) -> Result<Response<Body>, ApiError> {
 
 /// `GET /config[?room=NAME]`: the `iceServers` for this page, with fresh TURN credentials.
 pub fn client_config<B>(ice: &IceSettings, req: &Request<B>) -> Result<Response<Body>, ApiError> {
-    let mut room = ChannelName::parse("sigrelay")?;
-    for pair in query_pairs(req.uri().query().unwrap_or("")) {
-        let (key, value) = pair?;
-        if key == "room" {
-            room = ChannelName::parse(&value)?;
-        }
-    }
+    let room = match query_value(req.uri().query().unwrap_or(""), "room")? {
+        Some(room) => ChannelName::parse(&room)?,
+        None => ChannelName::parse("sigrelay")?,
+    };
     let host = request_host(req);
     let servers = crate::ice::ice_servers(ice, host.as_deref(), room.as_str());
     Ok(json(
