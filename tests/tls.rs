@@ -82,8 +82,16 @@ impl Sender {
         };
         let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
         match self {
-            Sender::H1(s) => s.send_request(req).await.unwrap(),
-            Sender::H2(s) => s.send_request(req).await.unwrap(),
+            // A keep-alive connection takes the next request only once it has finished the
+            // previous one: wait for that, as every real client does.
+            Sender::H1(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await.unwrap()
+            }
+            Sender::H2(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await.unwrap()
+            }
         }
     }
 }
