@@ -33,6 +33,15 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
 }
 
+/// The `host[:port]` the client addressed: the Host header, or the URI's authority under
+/// HTTP/2 (which carries `:authority` instead).
+pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
 /// Who is asking, and over what.
 #[derive(Debug, Clone, Copy)]
 pub struct Client {

@@ -9,7 +9,7 @@
 
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 
-use super::{full, Body, Transport};
+use super::{full, request_authority, Body, Transport};
 use crate::error::ApiError;
 
 /// What the policy decided for an allowed request.
@@ -52,12 +52,9 @@ fn is_own_origin<B>(origin: &str, req: &Request<B>, transport: Transport) -> boo
         Transport::Tls => "https",
         Transport::Plain | Transport::PlainOnTlsPort => "http",
     };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    let Some(host) = host else { return false };
+    let Some(host) = request_authority(req) else {
+        return false;
+    };
     let Some(rest) = origin
         .strip_prefix(scheme)
         .and_then(|r| r.strip_prefix("://"))

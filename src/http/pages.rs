@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 
-use super::{full, Body};
+use super::{full, request_authority, Body};
 use crate::assets;
 use crate::error::ApiError;
 use crate::ice::IceSettings;
@@ -139,13 +139,7 @@ pub fn client_config<B>(ice: &IceSettings, req: &Request<B>) -> Result<Response<
 /// The host part (no port) the client used to reach us: the Host header, or the URI's
 /// authority under HTTP/2.
 fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let authority = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))?;
-    let authority: http::uri::Authority = authority.parse().ok()?;
+    let authority: http::uri::Authority = request_authority(req)?.parse().ok()?;
     let host = authority.host();
     // A bare IPv6 host goes into a stun: URL in brackets, as Authority keeps it.
     Some(host.to_owned()).filter(|h| !h.is_empty())
