@@ -36,6 +36,10 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
         app.config.max_connections,
         app.config.max_connections_per_ip,
     );
+    // Refused connections are answered by short tasks that hold their socket up to a second;
+    // bound how many, so a flood over the limit cannot use the refusals to exhaust sockets.
+    // Past this, a refused connection is simply closed.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     let mut accept_loops = tokio::task::JoinSet::new();
     for listener in listeners {
         let builder = builder.clone();
@@ -43,6 +47,7 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
         let app = app.clone();
         let shutdown = shutdown.clone();
         let limits = limits.clone();
+        let refusals = refusals.clone();
         accept_loops.spawn(async move {
             loop {
                 let (stream, peer) = tokio::select! {
@@ -62,7 +67,13 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
                 let permit = match limits.try_acquire(peer.ip()) {
                     Ok(permit) => permit,
                     Err(refusal) => {
-                        tokio::spawn(refuse(stream, refusal, app.config.tls.is_none()));
+                        if let Ok(slot) = refusals.clone().try_acquire_owned() {
+                            let plain = app.config.tls.is_none();
+                            tokio::spawn(async move {
+                                refuse(stream, refusal, plain).await;
+                                drop(slot);
+                            });
+                        }
                         continue;
                     }
                 };
@@ -90,6 +101,9 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
         }
     }
 }
+
+/// Refused connections being answered at once (see `serve`).
+const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 
 /// Turns away a connection over a limit: a one-line JSON answer where the client speaks plain
 /// HTTP (we cannot know before reading, so it is written blind and the socket closed), or just
