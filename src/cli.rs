@@ -70,6 +70,45 @@ pub struct Cli {
     )]
     pub room_capacity: usize,
 
+    /// Channels held at once; a POST or stream that would create one more gets 503. Bounds the
+    /// memory strangers can make the relay hold by inventing room names.
+    #[arg(
+        long = "max-channels",
+        value_name = "N",
+        env = "SIGRELAY_MAX_CHANNELS",
+        default_value_t = 100_000
+    )]
+    pub max_channels: usize,
+
+    /// Streams on one channel (anonymous ones included); one more gets 409.
+    #[arg(
+        long = "max-subscribers",
+        value_name = "N",
+        env = "SIGRELAY_MAX_SUBSCRIBERS",
+        default_value_t = 1_000
+    )]
+    pub max_subscribers: usize,
+
+    /// Share rooms with other sigrelay instances through this Redis server
+    /// (redis://[:PASSWORD@]HOST:PORT[/DB]), for running several behind a load balancer. Ids,
+    /// history, presence and room capacity then hold across instances. Off by default: one
+    /// instance needs nothing but itself.
+    #[arg(long, value_name = "URL", env = "SIGRELAY_REDIS")]
+    pub redis: Option<String>,
+
+    /// How messages travel through Redis: `native`, or `flask-sse` to read and write the same
+    /// messages as the Flask app this project replaces (a migration path: its sse.publish()
+    /// reaches sigrelay's streams and the other way round).
+    #[arg(
+        long = "redis-format",
+        value_name = "FORMAT",
+        env = "SIGRELAY_REDIS_FORMAT",
+        default_value = "native",
+        value_parser = ["native", "flask-sse"],
+        requires = "redis"
+    )]
+    pub redis_format: String,
+
     /// A STUN or TURN server URL handed to the pages in GET /config (for example
     /// stun:stun.example.org:3478); repeat for several. Default: none, which is right on a LAN.
     #[arg(

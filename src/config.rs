@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::cli::Cli;
-use crate::hub::HubSettings;
+use crate::hub::{HubSettings, RedisFormat, RedisSettings};
 use crate::ice::IceSettings;
 use crate::tls::{CertSource, Tls};
 
@@ -14,6 +14,8 @@ use crate::tls::{CertSource, Tls};
 pub struct Config {
     pub bind: Vec<SocketAddr>,
     pub hub: HubSettings,
+    /// `--redis`: share rooms with other instances; `None` runs the in-memory hub alone.
+    pub redis: Option<RedisSettings>,
     /// Largest accepted publish body, bytes.
     pub max_body: usize,
     /// Interval of keep-alive comments on idle streams.
@@ -55,7 +57,10 @@ impl Default for Config {
                 history_ttl: Duration::from_secs(60),
                 room_capacity: 2,
                 broadcast_capacity: 16,
+                max_channels: 100_000,
+                max_subscribers: 1_000,
             },
+            redis: None,
             max_body: 64 * 1024,
             keepalive: Duration::from_secs(15),
             retry_ms: 2000,
@@ -169,8 +174,17 @@ impl TryFrom<Cli> for Config {
                 history: cli.history,
                 history_ttl: seconds("history-ttl", cli.history_ttl, 0.0, 86_400.0)?,
                 room_capacity: cli.room_capacity,
+                max_channels: cli.max_channels,
+                max_subscribers: cli.max_subscribers,
                 ..defaults.hub
             },
+            redis: cli.redis.map(|url| RedisSettings {
+                url,
+                format: match cli.redis_format.as_str() {
+                    "flask-sse" => RedisFormat::FlaskSse,
+                    _ => RedisFormat::Native,
+                },
+            }),
             max_body: cli.max_body,
             keepalive: seconds("keepalive", cli.keepalive, 0.05, 3600.0)?,
             ice: IceSettings {

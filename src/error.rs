@@ -25,6 +25,10 @@ pub enum ApiError {
     BodyTimeout,
     /// A room already holds its capacity of peers.
     RoomFull(usize),
+    /// The channel holds `--max-subscribers` streams.
+    ChannelFull(String),
+    /// The relay cannot take this now (`--max-channels` reached, Redis unreachable); retry.
+    Unavailable(String),
 }
 
 impl From<NameError> for ApiError {
@@ -37,6 +41,11 @@ impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
         match e {
             HubError::RoomFull { capacity } => ApiError::RoomFull(capacity),
+            HubError::TooManySubscribers { .. } => ApiError::ChannelFull(e.to_string()),
+            HubError::TooManyChannels { .. } | HubError::Unavailable(_) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            HubError::Reserved => ApiError::BadRequest(e.to_string()),
         }
     }
 }
@@ -49,7 +58,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::RoomFull(_) => StatusCode::CONFLICT,
+            ApiError::RoomFull(_) | ApiError::ChannelFull(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
@@ -57,7 +67,10 @@ impl ApiError {
 
     fn message(&self) -> String {
         match self {
-            ApiError::BadRequest(why) | ApiError::Forbidden(why) => why.clone(),
+            ApiError::BadRequest(why)
+            | ApiError::Forbidden(why)
+            | ApiError::ChannelFull(why)
+            | ApiError::Unavailable(why) => why.clone(),
             ApiError::NotFound => "not found".into(),
             ApiError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
             ApiError::PayloadTooLarge(max) => format!("body larger than {max} bytes"),
@@ -87,6 +100,9 @@ impl ApiError {
             ApiError::TooManyRequests(wait) => {
                 let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -52,10 +52,16 @@ impl From<Vec<TcpListener>> for Listeners {
 }
 
 /// Runs the relay on already-bound listeners until `shutdown` is cancelled, then drains.
-/// `main` and the tests both call this.
-pub async fn run(listeners: impl Into<Listeners>, config: Config, shutdown: CancellationToken) {
+/// `main` and the tests both call this. Fails before serving anything when `--redis` is given
+/// and Redis cannot be reached.
+pub async fn run(
+    listeners: impl Into<Listeners>,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), hub::HubError> {
     let listeners = listeners.into();
     let config = Arc::new(config);
+    let hub = hub::Hub::start(config.hub.clone(), config.redis.as_ref(), shutdown.clone()).await?;
     let ice = match listeners.udp {
         Some(socket) => match ice::IceServer::start(socket, &config.ice).await {
             Ok(server) => Some(server),
@@ -66,11 +72,10 @@ pub async fn run(listeners: impl Into<Listeners>, config: Config, shutdown: Canc
         },
         None => None,
     };
-    let hub = Arc::new(hub::Hub::new(config.hub.clone(), shutdown.clone()));
-    tokio::spawn(hub.clone().run_reaper());
     let app = http::App::new(hub, config);
     server::serve(listeners.http, app, shutdown).await;
     if let Some(ice) = ice {
         ice.close().await;
     }
+    Ok(())
 }

@@ -95,16 +95,18 @@ fn main() -> ExitCode {
             eprintln!("sigrelay: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
-        sigrelay::run(
-            sigrelay::Listeners {
-                http: listeners,
-                udp,
-            },
-            config,
-            token,
-        )
-        .await;
-        ExitCode::SUCCESS
+        let listeners = sigrelay::Listeners {
+            http: listeners,
+            udp,
+        };
+        match sigrelay::run(listeners, config, token).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sigrelay: {e}");
+                // Its own code, so a supervisor can tell "Redis is down" from a bad flag.
+                ExitCode::from(3)
+            }
+        }
     })
 }
 

@@ -37,6 +37,20 @@ impl MessageTail {
         MessageTail(buf)
     }
 
+    /// The encoded tail, as stored in history and sent through Redis.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The event type and the `data:` JSON, for re-wrapping in another format (flask-sse's).
+    pub fn parts(&self) -> (&str, &str) {
+        // Built by `new` as `event: T\ndata: JSON\n\n` from UTF-8 text, so this cannot fail.
+        let text = std::str::from_utf8(&self.0).unwrap_or_default();
+        let text = text.strip_prefix("event: ").unwrap_or(text);
+        let text = text.strip_suffix("\n\n").unwrap_or(text);
+        text.split_once("\ndata: ").unwrap_or((text, "null"))
+    }
+
     /// The whole frame, `id: N\n` first: one `Bytes` shared by every subscriber.
     pub fn with_id(&self, id: u64) -> Bytes {
         let mut frame = BytesMut::with_capacity(self.0.len() + 26);
@@ -56,6 +70,95 @@ pub fn event_frame(id: Option<u64>, event_type: &str, data_json: &str) -> Bytes 
     Bytes::from(format!(
         "{id_line}event: {event_type}\ndata: {data_json}\n\n"
     ))
+}
+
+/// A frame for a message that arrived in flask-sse's format: its `data` text (every line
+/// becomes a `data:` line, as flask-sse writes it), optional type, numeric id and retry.
+pub fn foreign_frame(
+    id: Option<u64>,
+    event_type: Option<&str>,
+    data: &str,
+    retry: Option<u64>,
+) -> Bytes {
+    let mut frame = String::with_capacity(data.len() + 64);
+    if let Some(id) = id {
+        frame.push_str(&format!("id: {id}\n"));
+    }
+    if let Some(event_type) = event_type {
+        frame.push_str(&format!("event: {event_type}\n"));
+    }
+    // Python's str.splitlines: CR LF, LF and CR all end a line; CR and LF never reach a field.
+    for line in data.split("\r\n").flat_map(|l| l.split(['\n', '\r'])) {
+        frame.push_str("data: ");
+        frame.push_str(line);
+        frame.push('\n');
+    }
+    if let Some(retry) = retry {
+        frame.push_str(&format!("retry: {retry}\n"));
+    }
+    frame.push('\n');
+    Bytes::from(frame)
+}
+
+/// JSON as Python's `json.dumps` writes it by default (`", "` and `": "` separators, every
+/// non-ASCII character escaped), which is what flask-sse puts after `data:`.
+pub fn python_json(value: &serde_json::Value) -> String {
+    fn write(value: &serde_json::Value, out: &mut String) {
+        use serde_json::Value;
+        match value {
+            Value::Null => out.push_str("null"),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Number(n) => out.push_str(&n.to_string()),
+            Value::String(s) => write_str(s, out),
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            Value::Object(map) => {
+                out.push('{');
+                for (i, (key, item)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    write_str(key, out);
+                    out.push_str(": ");
+                    write(item, out);
+                }
+                out.push('}');
+            }
+        }
+    }
+    fn write_str(s: &str, out: &mut String) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                ' '..='~' => out.push(c),
+                _ => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+            }
+        }
+        out.push('"');
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
 }
 
 /// `event: presence` with `{"subscribers": N, "peers": M}`: who is in the room now.

@@ -114,3 +114,37 @@ async fn slow_bodies_get_408_and_slow_heads_are_closed() {
     // Everyone else is still served.
     assert_eq!(server.health().await["status"], "ok");
 }
+
+#[tokio::test]
+async fn channels_in_total_and_streams_per_channel() {
+    let server = TestServer::with(|c| {
+        c.hub.max_channels = 2;
+        c.hub.max_subscribers = 2;
+    })
+    .await;
+    server.publish("one", "m", "x").await;
+    let mut listener = server.subscribe("two").await;
+    // A third name is refused, by POST and by stream alike, and nothing is broadcast.
+    let refused = server.post("three", "m", "x").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(
+        refused.json()["error"],
+        "the relay holds its maximum of 2 channels; try later"
+    );
+    assert_eq!(
+        SseClient::connect(server.addr, "/stream?channel=three", &[])
+            .await
+            .status,
+        503
+    );
+    // Existing channels still work at the limit.
+    let _second = server.subscribe("two").await;
+    let third = SseClient::connect(server.addr, "/stream?channel=two", &[]).await;
+    assert_eq!(third.status, 409);
+    server.publish("two", "m", "still here").await;
+    assert_eq!(
+        message_of(&listener.next_message().await.unwrap()),
+        "still here"
+    );
+    assert_eq!(server.health().await["channels"], 2);
+}

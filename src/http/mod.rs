@@ -77,14 +77,27 @@ impl App {
         }
     }
 
-    /// `GET /healthz`: liveness plus counts (never names: room names are not listed anywhere).
-    fn health(&self) -> Bytes {
-        format!(
-            "{{\"status\": \"ok\", \"channels\": {}, \"subscribers\": {}}}\n",
-            self.hub.channel_count(),
-            self.hub.subscriber_count()
-        )
-        .into()
+    /// `GET /healthz`: liveness and readiness plus counts (never names: room names are not
+    /// listed anywhere). Answers 503 with `"status": "degraded"` while the hub cannot serve
+    /// (Redis lost), so a load balancer sends new clients to another instance meanwhile.
+    fn health(&self) -> Response<Body> {
+        let readiness = self.hub.readiness();
+        let mut body = serde_json::json!({
+            "status": if readiness.unavailable.is_some() { "degraded" } else { "ok" },
+            "live": true,
+            "ready": readiness.unavailable.is_none(),
+            "backend": readiness.backend,
+            "channels": self.hub.channel_count(),
+            "subscribers": self.hub.subscriber_count(),
+        });
+        if let Some(reason) = &readiness.unavailable {
+            body["reason"] = reason.as_str().into();
+        }
+        let mut response = pages::json(format!("{body}\n").into());
+        if readiness.unavailable.is_some() {
+            *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        }
+        response
     }
 
     /// The service: route, run, and map errors. Never fails at the hyper level.
@@ -123,7 +136,7 @@ impl App {
         if path == "/stream" {
             let verdict = origin::check(&req, transport, &self.config.cors_origins)?;
             let mut response = match *req.method() {
-                Method::GET => stream::subscribe(self, &req)?,
+                Method::GET => stream::subscribe(self, &req).await?,
                 Method::OPTIONS => origin::preflight(&verdict, "GET, OPTIONS"),
                 _ => return Err(ApiError::MethodNotAllowed("GET, OPTIONS")),
             };
@@ -149,7 +162,7 @@ impl App {
         let page = match path {
             "/" => pages::file("index.html", &req),
             "/config" => pages::client_config(&self.config.ice, &req),
-            "/healthz" => Ok(pages::json(self.health())),
+            "/healthz" => Ok(self.health()),
             "/qr.svg" => pages::qr_svg(&req),
             _ if path.starts_with("/r/") => pages::room(&path[3..], &req),
             _ if path.starts_with("/assets/") => pages::file(&path[8..], &req),

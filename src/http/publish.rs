@@ -52,7 +52,7 @@ pub async fn publish(
         .map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
 
     let tail = MessageTail::new(event_type.as_str(), body);
-    let published = app.hub.publish(&channel, &tail);
+    let published = app.hub.publish(&channel, &tail).await?;
     Ok(pages::json(
         format!(
             "{{\"id\": {}, \"subscribers\": {}}}\n",

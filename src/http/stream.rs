@@ -23,7 +23,7 @@ use crate::sse;
 /// flask-sse's channel when a request names none.
 const DEFAULT_CHANNEL: &str = "sse";
 
-pub fn subscribe<B>(app: &App, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+pub async fn subscribe<B>(app: &App, req: &Request<B>) -> Result<Response<Body>, ApiError> {
     let mut channel = None;
     let mut peer = None;
     let mut last_event_id = None;
@@ -54,7 +54,7 @@ pub fn subscribe<B>(app: &App, req: &Request<B>) -> Result<Response<Body>, ApiEr
         None => StartAt::Live,
     };
 
-    let subscription = app.hub.subscribe(&channel, start, peer)?;
+    let subscription = app.hub.subscribe(&channel, start, peer).await?;
     let body = sse_body(
         subscription,
         sse::preamble(app.config.retry_ms),

@@ -14,8 +14,13 @@
 //! - The subscriber count changes only under the shard lock (join) or the channel lock (leave),
 //!   and the reaper removes a channel only with both held and the count at zero, so a channel is
 //!   never removed under a subscriber.
+//!
+//! With `--redis` the same map is the instance's local fan-out ([`Hub::new_relay`]): ids,
+//! history of record, room capacity and presence come from Redis (`hub/redis.rs`), events arrive
+//! through [`Hub::deliver`], and a subscription that ends reports its channel so the cluster's
+//! counts are brought up to date. The local ring is then only a cache for lag recovery.
 
-use std::collections::hash_map::{Entry, RandomState};
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::pin::Pin;
@@ -23,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::{Event, HubError, Published, StartAt};
@@ -50,6 +55,11 @@ pub struct HubSettings {
     /// channel, so this stays small; a subscriber that falls further behind is resumed from the
     /// (larger) history ring instead.
     pub broadcast_capacity: usize,
+    /// Channels held at once (`--max-channels`); a publish or stream that would create one more
+    /// is refused, so room names cannot be used to grow memory without bound.
+    pub max_channels: usize,
+    /// Streams on one channel (`--max-subscribers`), anonymous ones included.
+    pub max_subscribers: usize,
 }
 
 /// The in-memory hub. Cheap to share behind an `Arc`.
@@ -63,6 +73,11 @@ pub struct Hub {
     /// stream ends and graceful shutdown is not held up by SSE bodies that never finish.
     shutdown: CancellationToken,
     next_subscription: AtomicU64,
+    /// Channels in the map, kept beside the shards so the `--max-channels` check is one load.
+    channels: AtomicU64,
+    /// Relay mode (`--redis`): where ending subscriptions report their channel. `None` when this
+    /// hub is the whole story.
+    relay: Option<mpsc::UnboundedSender<ChannelName>>,
 }
 
 struct Channel {
@@ -82,6 +97,51 @@ struct ChannelState {
     /// When the last subscriber left (or the channel was created by a publish); `None` while
     /// anyone is subscribed.
     idle_since: Option<Instant>,
+    /// The last presence frame sent, repeated to a subscriber that resumes after a lag
+    /// (presence is not kept in history).
+    presence: Option<bytes::Bytes>,
+}
+
+impl ChannelState {
+    /// The newest id this channel has carried (or may have carried, for the floor).
+    fn newest(&self) -> u64 {
+        self.history
+            .back()
+            .and_then(|e| e.id)
+            .unwrap_or(self.floor)
+            .max(self.floor)
+    }
+
+    /// Appends a published event to the history ring, moving the floor past what falls out.
+    fn remember(&mut self, event: &Event, history: usize) {
+        let Some(id) = event.id else { return };
+        if history == 0 {
+            self.floor = id;
+            return;
+        }
+        if self.history.len() >= history {
+            if let Some(evicted) = self.history.pop_front() {
+                self.floor = evicted.id.unwrap_or(self.floor);
+            }
+        }
+        self.history.push_back(event.clone());
+    }
+
+    /// Sends a presence event to everyone subscribed and keeps it for lag recovery.
+    fn announce(&mut self, tx: &broadcast::Sender<Event>, frame: bytes::Bytes) {
+        self.presence = Some(frame.clone());
+        let _ = tx.send(Event { id: None, frame });
+    }
+}
+
+/// A channel's local state as the relay backend sees it (see [`Hub::local_room`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRoom {
+    pub subscribers: usize,
+    /// Peers holding a place through this instance, with the subscription that holds it.
+    pub peers: Vec<(PeerId, u64)>,
+    /// The newest event id delivered here.
+    pub newest: u64,
 }
 
 /// A peer holding a place in a room; a new stream with the same peer id takes the place over and
@@ -94,6 +154,24 @@ struct PeerSlot {
 
 impl Hub {
     pub fn new(settings: HubSettings, shutdown: CancellationToken) -> Self {
+        Self::build(settings, shutdown, None)
+    }
+
+    /// The local fan-out of a relay instance: ending subscriptions send their channel to
+    /// `left`, and history, capacity and presence are left to the cluster.
+    pub fn new_relay(
+        settings: HubSettings,
+        shutdown: CancellationToken,
+        left: mpsc::UnboundedSender<ChannelName>,
+    ) -> Self {
+        Self::build(settings, shutdown, Some(left))
+    }
+
+    fn build(
+        settings: HubSettings,
+        shutdown: CancellationToken,
+        relay: Option<mpsc::UnboundedSender<ChannelName>>,
+    ) -> Self {
         let start_micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
@@ -105,6 +183,8 @@ impl Hub {
             last_id: AtomicU64::new(start_micros),
             shutdown,
             next_subscription: AtomicU64::new(1),
+            channels: AtomicU64::new(0),
+            relay,
         }
     }
 
@@ -117,30 +197,55 @@ impl Hub {
         lock(&self.shards[index])
     }
 
-    fn new_channel(&self, name: &ChannelName) -> Arc<Channel> {
-        tracing::info!(channel = %name, "channel created");
+    /// The channel `name` from a locked shard, created if it does not exist and the
+    /// `--max-channels` limit allows one more.
+    fn channel_in(
+        &self,
+        shard: &mut HashMap<ChannelName, Arc<Channel>>,
+        name: &ChannelName,
+    ) -> Result<Arc<Channel>, HubError> {
+        if let Some(chan) = shard.get(name) {
+            return Ok(chan.clone());
+        }
+        let max = self.settings.max_channels;
+        if self.channels.load(Ordering::Relaxed) >= max as u64 {
+            return Err(HubError::TooManyChannels { max });
+        }
+        self.channels.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(channel = %name, "channel created");
         let (tx, _) = broadcast::channel(self.settings.broadcast_capacity);
-        Arc::new(Channel {
+        // A new channel may have carried events before (removed, or on an earlier run), so
+        // resuming from anything issued so far is a gap. A relay's ids come from the cluster
+        // and its replay from Redis, so its local ring starts from nothing.
+        let floor = match self.relay {
+            None => self.last_id.load(Ordering::SeqCst),
+            Some(_) => 0,
+        };
+        let chan = Arc::new(Channel {
             name: name.clone(),
             tx,
             state: Mutex::new(ChannelState {
                 history: VecDeque::new(),
-                floor: self.last_id.load(Ordering::SeqCst),
+                floor,
                 subscribers: 0,
                 peers: Vec::new(),
                 idle_since: Some(Instant::now()),
+                presence: None,
             }),
-        })
+        });
+        shard.insert(name.clone(), chan.clone());
+        Ok(chan)
     }
 
     /// Publishes one message: encodes it once, stores it in history and sends it to every
     /// current subscriber of `channel`.
-    pub fn publish(&self, channel: &ChannelName, tail: &sse::MessageTail) -> Published {
+    pub fn publish(
+        &self,
+        channel: &ChannelName,
+        tail: &sse::MessageTail,
+    ) -> Result<Published, HubError> {
         let mut shard = self.shard(channel);
-        let chan = match shard.entry(channel.clone()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(self.new_channel(channel)),
-        };
+        let chan = self.channel_in(&mut shard, channel)?;
         // The shard lock is held across the publish so the reaper cannot remove the channel
         // between lookup and send (the event would vanish with it).
         let mut state = lock(&chan.state);
@@ -149,22 +254,73 @@ impl Hub {
             id: Some(id),
             frame: tail.with_id(id),
         };
-        if state.history.len() == self.settings.history {
-            if let Some(evicted) = state.history.pop_front() {
-                state.floor = evicted.id.unwrap_or(state.floor);
-            }
-        }
-        if self.settings.history > 0 {
-            state.history.push_back(event.clone());
-        } else {
-            state.floor = id;
-        }
+        state.remember(&event, self.settings.history);
         // An error only means nobody is subscribed right now; history still has the event.
         let _ = chan.tx.send(event);
-        Published {
+        Ok(Published {
             id,
             subscribers: state.subscribers,
+        })
+    }
+
+    /// Relay mode: hands an event that came from the cluster to this instance's subscribers of
+    /// `channel`. Nothing happens when no one here listens (the cluster keeps history), and an
+    /// event this channel has already carried is dropped, so a catch-up read that overlaps the
+    /// live feed delivers nothing twice. Returns whether the event went out.
+    pub fn deliver(&self, channel: &ChannelName, event: Event) -> bool {
+        let shard = self.shard(channel);
+        let Some(chan) = shard.get(channel) else {
+            return false;
+        };
+        let mut state = lock(&chan.state);
+        match event.id {
+            Some(id) if id <= state.newest() => return false,
+            Some(_) => state.remember(&event, self.settings.history),
+            None => state.presence = Some(event.frame.clone()),
         }
+        let _ = chan.tx.send(event);
+        true
+    }
+
+    /// Relay mode: ends this instance's stream of `peer` in `channel` (another instance took
+    /// the place over), unless it is subscription `keep`.
+    pub fn stop_peer(&self, channel: &ChannelName, peer: &PeerId, keep: Option<u64>) {
+        let shard = self.shard(channel);
+        let Some(chan) = shard.get(channel) else {
+            return;
+        };
+        let mut state = lock(&chan.state);
+        state.peers.retain(|slot| {
+            let stale = slot.peer == *peer && Some(slot.subscription) != keep;
+            if stale {
+                slot.stop.cancel();
+            }
+            !stale
+        });
+    }
+
+    /// Relay mode: what this instance holds of `channel`, `None` if it holds nothing.
+    pub fn local_room(&self, channel: &ChannelName) -> Option<LocalRoom> {
+        let shard = self.shard(channel);
+        let chan = shard.get(channel)?;
+        let state = lock(&chan.state);
+        Some(LocalRoom {
+            subscribers: state.subscribers,
+            peers: state
+                .peers
+                .iter()
+                .map(|s| (s.peer.clone(), s.subscription))
+                .collect(),
+            newest: state.newest(),
+        })
+    }
+
+    /// Every channel this instance holds (relay mode: for the heartbeat and catch-up).
+    pub fn channel_names(&self) -> Vec<ChannelName> {
+        self.shards
+            .iter()
+            .flat_map(|s| lock(s).keys().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     /// Subscribes to `channel`, creating it if needed. With a `peer`, the stream takes one of
@@ -175,14 +331,35 @@ impl Hub {
         start: StartAt,
         peer: Option<PeerId>,
     ) -> Result<Subscription, HubError> {
+        self.join(channel, peer, Some(start))
+    }
+
+    /// Relay mode: joins this instance's fan-out of `channel` with nothing queued and no
+    /// capacity check (the cluster does both); [`Subscription::start_with`] sets the replay.
+    pub fn attach(
+        &self,
+        channel: &ChannelName,
+        peer: Option<PeerId>,
+    ) -> Result<Subscription, HubError> {
+        self.join(channel, peer, None)
+    }
+
+    fn join(
+        &self,
+        channel: &ChannelName,
+        peer: Option<PeerId>,
+        start: Option<StartAt>,
+    ) -> Result<Subscription, HubError> {
         let subscription_id = self.next_subscription.fetch_add(1, Ordering::Relaxed);
         let stop = self.shutdown.child_token();
         let mut shard = self.shard(channel);
-        let chan = match shard.entry(channel.clone()) {
-            Entry::Occupied(e) => e.into_mut().clone(),
-            Entry::Vacant(e) => e.insert(self.new_channel(channel)).clone(),
-        };
+        let chan = self.channel_in(&mut shard, channel)?;
         let mut state = lock(&chan.state);
+        if state.subscribers >= self.settings.max_subscribers {
+            return Err(HubError::TooManySubscribers {
+                max: self.settings.max_subscribers,
+            });
+        }
 
         if let Some(peer) = peer.clone() {
             if let Some(slot) = state.peers.iter_mut().find(|s| s.peer == peer) {
@@ -190,7 +367,7 @@ impl Hub {
                 slot.stop.cancel();
                 slot.subscription = subscription_id;
                 slot.stop = stop.clone();
-            } else if state.peers.len() >= self.settings.room_capacity {
+            } else if self.relay.is_none() && state.peers.len() >= self.settings.room_capacity {
                 return Err(HubError::RoomFull {
                     capacity: self.settings.room_capacity,
                 });
@@ -209,18 +386,19 @@ impl Hub {
         let mut pending = VecDeque::new();
         let newest = self.last_id.load(Ordering::SeqCst);
         let last_id = match start {
-            StartAt::Live => newest,
-            StartAt::After(raw) => {
-                // An id we never issued (garbage, or from the future) cannot be resumed from.
-                let after = raw.trim().parse::<u64>().ok().filter(|id| *id <= newest);
-                queue_since(&state, after, &raw, &mut pending)
+            None => 0,
+            Some(StartAt::Live) => newest,
+            Some(StartAt::After(raw)) => {
+                let after = resume_point(&raw, newest);
+                replay_since(state.floor, state.history.iter(), after, &raw, &mut pending)
             }
         };
-        // The newcomer gets the same presence event as everyone else: it was subscribed above.
-        let _ = chan.tx.send(Event {
-            id: None,
-            frame: sse::presence_frame(state.subscribers, state.peers.len()),
-        });
+        if self.relay.is_none() {
+            // The newcomer gets the same presence event as everyone else: it was subscribed
+            // above. (A relay's presence counts the whole cluster and comes from there.)
+            let frame = sse::presence_frame(state.subscribers, state.peers.len());
+            state.announce(&chan.tx, frame);
+        }
         drop(state);
         drop(shard);
 
@@ -231,6 +409,7 @@ impl Hub {
             last_id,
             stopped: Box::pin(stop.cancelled_owned()),
             id: subscription_id,
+            left: self.relay.clone(),
         })
     }
 
@@ -247,17 +426,18 @@ impl Hub {
                         .idle_since
                         .is_some_and(|t| now.duration_since(t) >= self.settings.history_ttl);
                 if expired {
-                    tracing::info!(channel = %name, "channel removed after idle ttl");
+                    tracing::debug!(channel = %name, "channel removed after idle ttl");
                     removed += 1;
                 }
                 !expired
             });
         }
+        self.channels.fetch_sub(removed as u64, Ordering::Relaxed);
         removed
     }
 
     /// Runs [`Hub::reap_idle`] periodically until shutdown.
-    pub async fn run_reaper(self: Arc<Self>) {
+    pub async fn run_reaper(&self) {
         let period = (self.settings.history_ttl / 4)
             .clamp(Duration::from_millis(50), Duration::from_secs(5));
         let mut tick = tokio::time::interval(period);
@@ -272,7 +452,7 @@ impl Hub {
 
     /// Channels currently in the map (with or without subscribers).
     pub fn channel_count(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.channels.load(Ordering::Relaxed) as usize
     }
 
     /// Streams currently subscribed, over all channels.
@@ -303,6 +483,8 @@ pub struct Subscription {
     /// Made once and kept, so a receive does not build a new cancellation future each time.
     stopped: Pin<Box<WaitForCancellationFutureOwned>>,
     id: u64,
+    /// Relay mode: told this subscription's channel when it ends.
+    left: Option<mpsc::UnboundedSender<ChannelName>>,
 }
 
 impl Subscription {
@@ -344,12 +526,29 @@ impl Subscription {
         let state = lock(&self.channel.state);
         self.rx = self.channel.tx.subscribe();
         let last = self.last_id;
-        self.last_id = queue_since(&state, Some(last), &last.to_string(), &mut self.pending);
-        // Presence events are not kept in history; send the current count instead.
-        self.pending.push_back(Event {
-            id: None,
-            frame: sse::presence_frame(state.subscribers, state.peers.len()),
-        });
+        self.last_id = replay_since(
+            state.floor,
+            state.history.iter(),
+            Some(last),
+            &last.to_string(),
+            &mut self.pending,
+        );
+        // Presence events are not kept in history; repeat the latest one.
+        if let Some(frame) = state.presence.clone() {
+            self.pending.push_back(Event { id: None, frame });
+        }
+    }
+
+    /// Relay mode: what to send before live events (replay from the cluster's history, gap
+    /// notices), and the id it ends at; live events up to that id are duplicates and dropped.
+    pub fn start_with(&mut self, pending: VecDeque<Event>, last_id: u64) {
+        self.pending = pending;
+        self.last_id = last_id;
+    }
+
+    /// This subscription's number, unique within the process.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The channel this subscription belongs to.
@@ -366,38 +565,47 @@ impl Drop for Subscription {
         state.peers.retain(|slot| slot.subscription != id);
         if state.subscribers == 0 {
             state.idle_since = Some(Instant::now());
-        } else {
-            let _ = self.channel.tx.send(Event {
-                id: None,
-                frame: sse::presence_frame(state.subscribers, state.peers.len()),
-            });
+        }
+        if let Some(left) = &self.left {
+            // The cluster recounts and announces; a closed receiver means shutdown.
+            let _ = left.send(self.channel.name.clone());
+        } else if state.subscribers > 0 {
+            let frame = sse::presence_frame(state.subscribers, state.peers.len());
+            state.announce(&self.channel.tx, frame);
         }
     }
 }
 
-/// Queues every event after `after` that history still holds, preceded by a gap event when
-/// events after it may have been lost (it is below the floor, or not an id at all; `reported`
-/// is what the client sent, echoed in the gap event). Returns the id to resume after.
-fn queue_since(
-    state: &ChannelState,
+/// Where a `Last-Event-ID` says to resume: `None` for anything that is not an id this hub
+/// could have issued (garbage, or from the future), which is then reported as a gap.
+pub(super) fn resume_point(raw: &str, newest: u64) -> Option<u64> {
+    raw.trim().parse::<u64>().ok().filter(|id| *id <= newest)
+}
+
+/// Queues every event after `after` that `history` (oldest first) still holds, preceded by a
+/// gap event when events after it may have been lost: it is below `floor` (the newest id that
+/// may have existed but is not in `history`), or not an id at all. `reported` is what the
+/// client sent, echoed in the gap event. Returns the id to resume after. Both backends use it,
+/// so a resume means the same thing on one instance or many.
+pub(super) fn replay_since<'a>(
+    floor: u64,
+    history: impl Iterator<Item = &'a Event>,
     after: Option<u64>,
     reported: &str,
     pending: &mut VecDeque<Event>,
 ) -> u64 {
     let after = match after {
-        Some(id) if id >= state.floor => id,
+        Some(id) if id >= floor => id,
         _ => {
             pending.push_back(Event {
-                id: Some(state.floor),
-                frame: sse::gap_frame(reported, state.floor),
+                id: Some(floor),
+                frame: sse::gap_frame(reported, floor),
             });
-            state.floor
+            floor
         }
     };
     pending.extend(
-        state
-            .history
-            .iter()
+        history
             .filter(|e| e.id.is_some_and(|id| id > after))
             .cloned(),
     );
@@ -422,6 +630,8 @@ mod tests {
                 history_ttl: Duration::from_millis(50),
                 room_capacity: 2,
                 broadcast_capacity,
+                max_channels: 3,
+                max_subscribers: 4,
             },
             CancellationToken::new(),
         )
@@ -432,7 +642,9 @@ mod tests {
     }
 
     fn publish(hub: &Hub, body: &str) -> u64 {
-        hub.publish(&room(), &sse::MessageTail::new("m", body)).id
+        hub.publish(&room(), &sse::MessageTail::new("m", body))
+            .unwrap()
+            .id
     }
 
     /// Frames until the subscription has nothing queued, skipping presence.
@@ -542,7 +754,8 @@ mod tests {
         let hub = hub(64, 16);
         let other = ChannelName::parse("other").unwrap();
         let sub = hub.subscribe(&room(), StartAt::Live, None).unwrap();
-        hub.publish(&other, &sse::MessageTail::new("m", "x"));
+        hub.publish(&other, &sse::MessageTail::new("m", "x"))
+            .unwrap();
         assert_eq!(hub.channel_count(), 2);
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert_eq!(hub.reap_idle(), 1);
@@ -551,5 +764,72 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert_eq!(hub.reap_idle(), 1);
         assert_eq!(hub.channel_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn channel_and_subscriber_limits_refuse_without_side_effects() {
+        let hub = hub(64, 16);
+        let name = |n: &str| ChannelName::parse(n).unwrap();
+        let tail = sse::MessageTail::new("m", "x");
+        for n in ["a", "b", "c"] {
+            hub.publish(&name(n), &tail).unwrap();
+        }
+        assert_eq!(
+            hub.publish(&name("d"), &tail).unwrap_err(),
+            HubError::TooManyChannels { max: 3 }
+        );
+        assert!(hub.subscribe(&name("d"), StartAt::Live, None).is_err());
+        // Existing channels keep working at the limit.
+        hub.publish(&name("a"), &tail).unwrap();
+        let subs: Vec<_> = (0..4)
+            .map(|_| hub.subscribe(&name("a"), StartAt::Live, None).unwrap())
+            .collect();
+        assert_eq!(
+            hub.subscribe(&name("a"), StartAt::Live, None).err(),
+            Some(HubError::TooManySubscribers { max: 4 })
+        );
+        drop(subs);
+        assert!(hub.subscribe(&name("a"), StartAt::Live, None).is_ok());
+    }
+
+    #[tokio::test]
+    async fn relay_delivery_drops_repeats_and_reports_leaving() {
+        let (left_tx, mut left_rx) = mpsc::unbounded_channel();
+        let hub = Hub::new_relay(
+            HubSettings {
+                history: 4,
+                history_ttl: Duration::from_secs(60),
+                room_capacity: 1,
+                broadcast_capacity: 16,
+                max_channels: 10,
+                max_subscribers: 10,
+            },
+            CancellationToken::new(),
+            left_tx,
+        );
+        let event = |id: u64| Event {
+            id: Some(id),
+            frame: bytes::Bytes::from(format!("id: {id}\n\n")),
+        };
+        // No one here listens: nothing is kept.
+        assert!(!hub.deliver(&room(), event(1)));
+        let peer = |p: &str| Some(PeerId::parse(p).unwrap());
+        let mut sub = hub.attach(&room(), peer("a")).unwrap();
+        // The cluster enforces capacity, not the local map.
+        let other = hub.attach(&room(), peer("b")).unwrap();
+        sub.start_with(VecDeque::from([event(5)]), 4);
+        assert!(hub.deliver(&room(), event(5)));
+        assert!(!hub.deliver(&room(), event(5)), "a repeat is dropped");
+        assert!(hub.deliver(&room(), event(6)));
+        let frames = drain(&mut sub).await;
+        assert_eq!(frames, ["id: 5\n\n", "id: 6\n\n"]);
+        let local = hub.local_room(&room()).unwrap();
+        assert_eq!(local.subscribers, 2);
+        assert_eq!(local.newest, 6);
+        // Another instance took "b" over.
+        hub.stop_peer(&room(), &PeerId::parse("b").unwrap(), None);
+        assert_eq!(hub.local_room(&room()).unwrap().peers.len(), 1);
+        drop(other);
+        assert_eq!(left_rx.try_recv().unwrap(), room());
     }
 }

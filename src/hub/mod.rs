@@ -1,14 +1,126 @@
 //! The hub: who is subscribed to which channel, and the events each channel has carried.
 //!
-//! The HTTP layer talks only to the types here; it never learns how fan-out is done. Today the
-//! one backend is [`memory`], an in-process map of tokio broadcast channels with a bounded
-//! history ring each. The hub knows nothing of hyper, so it is unit-tested without sockets.
+//! The HTTP layer talks only to [`Hub`] and the types here; it never learns how fan-out is
+//! done. Two backends sit behind it: [`memory`], an in-process map of tokio broadcast channels
+//! with a bounded history ring each (the default: one process, nothing else to run), and
+//! [`redis`], which makes several instances one relay by keeping ids, history, presence and
+//! room capacity in Redis while each instance still fans events out to its own streams through
+//! a memory hub. The hub knows nothing of hyper, so it is unit-tested without sockets.
 
-mod memory;
+pub mod memory;
+pub mod redis;
 
-pub use memory::{Hub, HubSettings, Subscription};
+pub use memory::{HubSettings, Subscription};
+pub use redis::{RedisFormat, RedisSettings};
+
+use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::names::{ChannelName, PeerId};
+use crate::sse::MessageTail;
+
+/// The hub the server runs on, whichever backend `--redis` chose.
+pub enum Hub {
+    Memory(memory::Hub),
+    Redis(redis::RedisHub),
+}
+
+impl Hub {
+    /// Builds the hub and starts its background tasks (the idle-channel reaper; with Redis, the
+    /// subscription listener and the heartbeat). Fails only when Redis is asked for and cannot
+    /// be reached: a relay that cannot deliver must not start.
+    pub async fn start(
+        settings: HubSettings,
+        redis: Option<&RedisSettings>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Hub>, HubError> {
+        let hub = match redis {
+            None => Arc::new(Hub::Memory(memory::Hub::new(settings, shutdown))),
+            Some(redis) => Arc::new(Hub::Redis(
+                redis::RedisHub::connect(settings, redis, shutdown).await?,
+            )),
+        };
+        match &*hub {
+            Hub::Memory(_) => {}
+            Hub::Redis(relay) => relay.spawn_tasks(),
+        }
+        let reaper = hub.clone();
+        tokio::spawn(async move {
+            let local = match &*reaper {
+                Hub::Memory(memory) => memory,
+                Hub::Redis(relay) => relay.local(),
+            };
+            local.run_reaper().await
+        });
+        Ok(hub)
+    }
+
+    /// Publishes one message to every subscriber of `channel` (on every instance).
+    pub async fn publish(
+        &self,
+        channel: &ChannelName,
+        tail: &MessageTail,
+    ) -> Result<Published, HubError> {
+        match self {
+            Hub::Memory(hub) => hub.publish(channel, tail),
+            Hub::Redis(hub) => hub.publish(channel, tail).await,
+        }
+    }
+
+    /// Opens a subscription: replay per `start`, then live events until it is dropped.
+    pub async fn subscribe(
+        &self,
+        channel: &ChannelName,
+        start: StartAt,
+        peer: Option<PeerId>,
+    ) -> Result<Subscription, HubError> {
+        match self {
+            Hub::Memory(hub) => hub.subscribe(channel, start, peer),
+            Hub::Redis(hub) => hub.subscribe(channel, start, peer).await,
+        }
+    }
+
+    fn local(&self) -> &memory::Hub {
+        match self {
+            Hub::Memory(hub) => hub,
+            Hub::Redis(hub) => hub.local(),
+        }
+    }
+
+    /// Channels this instance holds.
+    pub fn channel_count(&self) -> usize {
+        self.local().channel_count()
+    }
+
+    /// Streams open on this instance.
+    pub fn subscriber_count(&self) -> usize {
+        self.local().subscriber_count()
+    }
+
+    /// Whether publishes and new streams can be served right now, and if not, why.
+    pub fn readiness(&self) -> Readiness {
+        match self {
+            Hub::Memory(_) => Readiness {
+                backend: "memory",
+                unavailable: None,
+            },
+            Hub::Redis(hub) => Readiness {
+                backend: "redis",
+                unavailable: hub.unavailable(),
+            },
+        }
+    }
+}
+
+/// What `/healthz` reports about the hub.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    pub backend: &'static str,
+    /// `Some(reason)` while the hub cannot serve (Redis lost, reconnecting).
+    pub unavailable: Option<String>,
+}
 
 /// One event as it travels to subscribers: already encoded as a complete SSE frame, shared by
 /// every subscriber (cloning a `Bytes` bumps a reference count, it copies nothing).
@@ -43,12 +155,32 @@ pub enum StartAt {
 pub enum HubError {
     /// The channel already has `--room-capacity` distinct peers.
     RoomFull { capacity: usize },
+    /// `--max-channels` channels exist; no new one is created.
+    TooManyChannels { max: usize },
+    /// The channel already has `--max-subscribers` streams here.
+    TooManySubscribers { max: usize },
+    /// The backend cannot take the request now (Redis unreachable); nothing was accepted.
+    Unavailable(String),
+    /// With `--redis-format flask-sse`, channel names starting with `sigrelay:` would reach
+    /// sigrelay's own pub/sub channels.
+    Reserved,
 }
 
 impl std::fmt::Display for HubError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             HubError::RoomFull { .. } => f.write_str("room is full"),
+            HubError::TooManyChannels { max } => {
+                write!(
+                    f,
+                    "the relay holds its maximum of {max} channels; try later"
+                )
+            }
+            HubError::TooManySubscribers { max } => {
+                write!(f, "this channel has its maximum of {max} streams")
+            }
+            HubError::Unavailable(why) => write!(f, "relay unavailable: {why}"),
+            HubError::Reserved => f.write_str("channel names starting with sigrelay: are reserved"),
         }
     }
 }

@@ -49,7 +49,9 @@ impl TestServer {
             http: vec![listener],
             udp,
         };
-        let handle = tokio::spawn(sigrelay::run(listeners, config, shutdown.clone()));
+        let running = sigrelay::run(listeners, config, shutdown.clone());
+        let handle =
+            tokio::spawn(async move { running.await.expect("the server failed to start") });
         TestServer {
             addr,
             shutdown,

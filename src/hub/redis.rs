@@ -1,0 +1,841 @@
+//! The Redis backend (`--redis URL`): several instances behind a load balancer act as one relay.
+//!
+//! What lives where:
+//! - Redis holds what must be the same on every instance: the id counter (`sigrelay:id`), each
+//!   channel's history (a capped stream `sigrelay:h:NAME`, with its floor in `sigrelay:f:NAME`),
+//!   who is subscribed (`sigrelay:s:NAME`, instance → count) and who holds a place in a room
+//!   (`sigrelay:p:NAME`, peer → "instance subscription"). Each change is one Lua script, so a
+//!   publish assigns its id, stores it and sends it atomically, and per channel the order of ids,
+//!   of history and of delivery is one order, as on a single instance.
+//! - Each instance keeps a [`memory::Hub`] as its local fan-out: one Redis subscription (a single
+//!   pattern) feeds it, every event is encoded once per instance and shared by its streams.
+//! - An instance proves it is alive with `sigrelay:alive:ID` (expires after [`ALIVE_TTL`],
+//!   refreshed every [`HEARTBEAT`]); the entries of an instance that stopped refreshing are
+//!   dropped by the next script that reads the room, so a dead instance's subscribers stop
+//!   counting, and stop holding places, within `ALIVE_TTL + HEARTBEAT` (20 s).
+//! - Losing Redis: publishes and new streams answer 503 (nothing is accepted that would not be
+//!   delivered), open streams stay open, the listener reconnects with backoff, then catches up on
+//!   what was published meanwhile (from history) and re-registers its streams.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use ::redis::{Client, Msg, RedisError, Script, Value};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::memory::{self, replay_since, resume_point, HubSettings, Subscription};
+use super::{Event, HubError, Published, StartAt};
+use crate::names::{ChannelName, PeerId};
+use crate::sse::{self, MessageTail};
+
+/// How often an instance refreshes its liveness key and its rooms' counts.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long an instance counts as alive after its last heartbeat.
+pub const ALIVE_TTL: Duration = Duration::from_secs(15);
+/// Every Redis round trip gives up after this; the request then answers 503.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnection delays double from the first to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(3));
+/// The prefix of every key and pub/sub channel sigrelay uses.
+const PREFIX: &str = "sigrelay:";
+const CONTROL: &str = "sigrelay:ctl";
+
+/// `--redis` and `--redis-format`.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub format: RedisFormat,
+}
+
+/// How published messages travel through Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFormat {
+    /// sigrelay's own: on `sigrelay:ev:NAME`, the encoded frame (each instance only adds the id).
+    Native,
+    /// flask-sse's: on the channel `NAME` itself, `{"data": ..., "type": ..., "id": ...}` JSON,
+    /// so a Flask app's `sse.publish()` reaches sigrelay's streams and sigrelay's POSTs reach
+    /// flask-sse's streams. The instance subscribes to the pattern `*`.
+    FlaskSse,
+}
+
+/// Publish: assign the next id, keep it in history (moving the floor past what falls out),
+/// send it, and count the room's subscribers.
+const PUBLISH_LUA: &str = r#"
+-- KEYS: id counter, history, floor, pub/sub channel, subscriber counts
+-- ARGV: now (µs), history length, history ttl (ms), payload head, payload tail, stored tail
+local id = redis.call('INCR', KEYS[1])
+if id == 1 then
+  -- A new counter (first run, or Redis lost its data) starts at the clock, so ids keep
+  -- increasing across restarts and an old Last-Event-ID reads as a gap, never a match.
+  redis.call('SET', KEYS[1], ARGV[1])
+  id = redis.call('INCR', KEYS[1])
+end
+local sid = string.format('%d', id)
+local max = tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('SET', KEYS[3], string.format('%d', id - 1))
+end
+if max == 0 then
+  redis.call('SET', KEYS[3], sid)
+else
+  local len = redis.call('XLEN', KEYS[2])
+  if len >= max then
+    local evicted = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', len - max + 1)
+    redis.call('SET', KEYS[3], string.match(evicted[#evicted][1], '^(%d+)'))
+  end
+  redis.call('XADD', KEYS[2], 'MAXLEN', max, sid .. '-1', 't', ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+redis.call('PUBLISH', KEYS[4], ARGV[4] .. sid .. ARGV[5])
+local subscribers = 0
+for _, n in ipairs(redis.call('HVALS', KEYS[5])) do subscribers = subscribers + tonumber(n) end
+return {id, subscribers}
+"#;
+
+/// Join: forget dead instances, take (or take over) a place, record this instance's count,
+/// announce presence, and return what a replay needs.
+const JOIN_LUA: &str = r#"
+-- KEYS: subscriber counts, peers, history, floor, id counter, event channel, control channel
+-- ARGV: instance, subscription, peer or '', capacity, local count, replay (1/0),
+--       alive key prefix, room key ttl (ms), channel name
+local inst = ARGV[1]
+local function alive(i) return i == inst or redis.call('EXISTS', ARGV[7] .. i) == 1 end
+local counts = redis.call('HGETALL', KEYS[1])
+for i = 1, #counts, 2 do
+  if not alive(counts[i]) then redis.call('HDEL', KEYS[1], counts[i]) end
+end
+local peers = redis.call('HGETALL', KEYS[2])
+for i = 1, #peers, 2 do
+  if not alive(string.match(peers[i + 1], '^(%S+)')) then redis.call('HDEL', KEYS[2], peers[i]) end
+end
+if ARGV[3] ~= '' then
+  local owner = redis.call('HGET', KEYS[2], ARGV[3])
+  if owner then
+    local owner_inst = string.match(owner, '^(%S+)')
+    if owner_inst ~= inst then
+      redis.call('PUBLISH', KEYS[7], ARGV[9] .. '\n' .. ARGV[3] .. '\n' .. inst .. '\n' .. ARGV[2])
+    end
+  elseif redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then
+    return {'full'}
+  end
+  redis.call('HSET', KEYS[2], ARGV[3], inst .. ' ' .. ARGV[2])
+end
+redis.call('HSET', KEYS[1], inst, ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+local subscribers = 0
+for _, n in ipairs(redis.call('HVALS', KEYS[1])) do subscribers = subscribers + tonumber(n) end
+redis.call('PUBLISH', KEYS[6], 'p' .. subscribers .. ' ' .. redis.call('HLEN', KEYS[2]))
+local newest = redis.call('GET', KEYS[5]) or '0'
+local floor = redis.call('GET', KEYS[4]) or newest
+local entries = {}
+if ARGV[6] == '1' then entries = redis.call('XRANGE', KEYS[3], '-', '+') end
+return {'ok', newest, floor, entries}
+"#;
+
+/// Sync: make the room's record of this instance match what it holds (after streams end, on
+/// every heartbeat, after a reconnect), forget dead instances, and announce presence if that
+/// changed anything. While anyone here listens, the room's history does not expire.
+const SYNC_LUA: &str = r#"
+-- KEYS: subscriber counts, peers, history, floor, event channel
+-- ARGV: instance, local count, alive key prefix, room key ttl (ms), history ttl (ms),
+--       then peer, subscription pairs held here
+local inst = ARGV[1]
+local function alive(i) return i == inst or redis.call('EXISTS', ARGV[3] .. i) == 1 end
+local changed = false
+local want = {}
+for i = 6, #ARGV, 2 do want[ARGV[i]] = inst .. ' ' .. ARGV[i + 1] end
+local counts = redis.call('HGETALL', KEYS[1])
+for i = 1, #counts, 2 do
+  if not alive(counts[i]) then redis.call('HDEL', KEYS[1], counts[i]); changed = true end
+end
+local peers = redis.call('HGETALL', KEYS[2])
+for i = 1, #peers, 2 do
+  local owner = string.match(peers[i + 1], '^(%S+)')
+  if not alive(owner) or (owner == inst and want[peers[i]] ~= peers[i + 1]) then
+    redis.call('HDEL', KEYS[2], peers[i]); changed = true
+  end
+end
+for peer, holder in pairs(want) do
+  if redis.call('HSETNX', KEYS[2], peer, holder) == 1 then changed = true end
+end
+local current = redis.call('HGET', KEYS[1], inst)
+if ARGV[2] == '0' then
+  if current then redis.call('HDEL', KEYS[1], inst); changed = true end
+else
+  if current ~= ARGV[2] then redis.call('HSET', KEYS[1], inst, ARGV[2]); changed = true end
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+end
+if changed then
+  local subscribers = 0
+  for _, n in ipairs(redis.call('HVALS', KEYS[1])) do subscribers = subscribers + tonumber(n) end
+  redis.call('PUBLISH', KEYS[5], 'p' .. subscribers .. ' ' .. redis.call('HLEN', KEYS[2]))
+end
+return changed and 1 or 0
+"#;
+
+/// The relay backend: a local memory hub fed from Redis, and the link to Redis.
+pub struct RedisHub {
+    local: Arc<memory::Hub>,
+    link: Arc<Link>,
+    /// Taken by [`RedisHub::spawn_tasks`].
+    tasks: Mutex<Option<(PubSub, mpsc::UnboundedReceiver<ChannelName>)>>,
+}
+
+/// Everything that talks to Redis. Shared by request handlers, the listener and the heartbeat.
+struct Link {
+    client: Client,
+    /// Multiplexed and self-reconnecting: every request handler shares one connection.
+    conn: ConnectionManager,
+    settings: HubSettings,
+    format: RedisFormat,
+    /// This process's name in the cluster: random, so a restart is a new instance.
+    instance: String,
+    /// Set while the listener is subscribed; requests are refused with 503 when it is not.
+    ready: AtomicBool,
+    /// Why the hub is not ready (shown by `/healthz`).
+    trouble: Mutex<Option<String>>,
+    publish: Script,
+    join: Script,
+    sync: Script,
+    shutdown: CancellationToken,
+}
+
+impl RedisHub {
+    /// Connects and subscribes; fails with a clear reason when Redis cannot be reached, so the
+    /// process exits instead of running a relay that cannot deliver.
+    pub async fn connect(
+        settings: HubSettings,
+        redis: &RedisSettings,
+        shutdown: CancellationToken,
+    ) -> Result<RedisHub, HubError> {
+        let client = Client::open(redis.url.as_str())
+            .map_err(|e| HubError::Unavailable(format!("invalid --redis URL: {e}")))?;
+        let addr = client.get_connection_info().addr().to_string();
+        let unreachable =
+            |e: String| HubError::Unavailable(format!("cannot reach Redis at {addr}: {e}"));
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(BACKOFF.1);
+        let conn = within(client.get_connection_manager_with_config(config))
+            .await
+            .map_err(unreachable)?;
+        let link = Arc::new(Link {
+            client,
+            conn,
+            settings: settings.clone(),
+            format: redis.format,
+            instance: instance_name(),
+            ready: AtomicBool::new(false),
+            trouble: Mutex::new(Some("connecting to Redis".into())),
+            publish: Script::new(PUBLISH_LUA),
+            join: Script::new(JOIN_LUA),
+            sync: Script::new(SYNC_LUA),
+            shutdown: shutdown.clone(),
+        });
+        let pubsub = link.subscribe().await.map_err(unreachable)?;
+        link.refresh_alive().await.map_err(unreachable)?;
+        link.set_ready(true, None);
+        tracing::info!(redis = %addr, instance = %link.instance, format = ?link.format, "joined the Redis cluster");
+        let (left_tx, left_rx) = mpsc::unbounded_channel();
+        let local = Arc::new(memory::Hub::new_relay(settings, shutdown, left_tx));
+        Ok(RedisHub {
+            local,
+            link,
+            tasks: Mutex::new(Some((pubsub, left_rx))),
+        })
+    }
+
+    /// Starts the listener (Redis → local streams) and the keeper (heartbeat, counts).
+    pub fn spawn_tasks(&self) {
+        let Some((pubsub, left)) = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).take()
+        else {
+            return;
+        };
+        tokio::spawn(self.link.clone().listen(self.local.clone(), pubsub));
+        tokio::spawn(self.link.clone().keep_counts(self.local.clone(), left));
+    }
+
+    pub fn local(&self) -> &memory::Hub {
+        &self.local
+    }
+
+    /// `Some(reason)` while requests are refused.
+    pub fn unavailable(&self) -> Option<String> {
+        if self.link.ready.load(Ordering::Acquire) {
+            None
+        } else {
+            Some(
+                lock(&self.link.trouble)
+                    .clone()
+                    .unwrap_or_else(|| "Redis unreachable".into()),
+            )
+        }
+    }
+
+    fn check(&self, channel: &ChannelName) -> Result<(), HubError> {
+        if let Some(why) = self.unavailable() {
+            return Err(HubError::Unavailable(why));
+        }
+        // With flask-sse's format, channel NAME is the pub/sub channel NAME; ours must not be
+        // reachable through it.
+        if self.link.format == RedisFormat::FlaskSse && channel.as_str().starts_with(PREFIX) {
+            return Err(HubError::Reserved);
+        }
+        Ok(())
+    }
+
+    pub async fn publish(
+        &self,
+        channel: &ChannelName,
+        tail: &MessageTail,
+    ) -> Result<Published, HubError> {
+        self.check(channel)?;
+        let link = &self.link;
+        let (pubsub_channel, head, payload_tail) = match link.format {
+            RedisFormat::Native => {
+                let mut payload_tail = Vec::with_capacity(tail.as_bytes().len() + 1);
+                payload_tail.push(b'\n');
+                payload_tail.extend_from_slice(tail.as_bytes());
+                (key("ev", channel), b"e".to_vec(), payload_tail)
+            }
+            RedisFormat::FlaskSse => {
+                let (event_type, data) = tail.parts();
+                let head = format!(
+                    r#"{{"data": {data}, "type": {}, "id": "#,
+                    serde_json::Value::from(event_type)
+                );
+                (
+                    channel.as_str().to_owned(),
+                    head.into_bytes(),
+                    b"}".to_vec(),
+                )
+            }
+        };
+        let mut conn = link.conn.clone();
+        let mut call = link.publish.prepare_invoke();
+        call.key("sigrelay:id")
+            .key(key("h", channel))
+            .key(key("f", channel))
+            .key(pubsub_channel)
+            .key(key("s", channel))
+            .arg(now_micros())
+            .arg(link.settings.history)
+            .arg(link.settings.history_ttl.as_millis() as u64)
+            .arg(head)
+            .arg(payload_tail)
+            .arg(tail.as_bytes());
+        let (id, subscribers): (u64, i64) = within(call.invoke_async(&mut conn))
+            .await
+            .map_err(HubError::Unavailable)?;
+        Ok(Published {
+            id,
+            subscribers: subscribers.max(0) as usize,
+        })
+    }
+
+    pub async fn subscribe(
+        &self,
+        channel: &ChannelName,
+        start: StartAt,
+        peer: Option<PeerId>,
+    ) -> Result<Subscription, HubError> {
+        self.check(channel)?;
+        let link = &self.link;
+        // Join the local fan-out first: from here on every event for this channel reaches the
+        // subscription, so what the replay below misses cannot be lost, only repeated (and
+        // repeats are dropped by id).
+        let mut subscription = self.local.attach(channel, peer.clone())?;
+        let held = self
+            .local
+            .local_room(channel)
+            .map_or(1, |room| room.subscribers);
+        let mut conn = link.conn.clone();
+        let mut call = link.join.prepare_invoke();
+        call.key(key("s", channel))
+            .key(key("p", channel))
+            .key(key("h", channel))
+            .key(key("f", channel))
+            .key("sigrelay:id")
+            .key(key("ev", channel))
+            .key(CONTROL)
+            .arg(&link.instance)
+            .arg(subscription.id())
+            .arg(peer.as_ref().map_or("", |p| p.as_str()))
+            .arg(link.settings.room_capacity)
+            .arg(held)
+            .arg(u8::from(matches!(start, StartAt::After(_))))
+            .arg("sigrelay:alive:")
+            .arg(room_ttl_ms())
+            .arg(channel.as_str());
+        let reply: Value = within(call.invoke_async(&mut conn))
+            .await
+            .map_err(HubError::Unavailable)?;
+        let joined = Joined::parse(reply)
+            .ok_or_else(|| HubError::Unavailable("unexpected reply from Redis to a join".into()))?;
+        let Joined::Ok {
+            newest,
+            floor,
+            history,
+        } = joined
+        else {
+            return Err(HubError::RoomFull {
+                capacity: link.settings.room_capacity,
+            });
+        };
+        match start {
+            StartAt::Live => subscription.start_with(VecDeque::new(), newest),
+            StartAt::After(raw) => {
+                let mut pending = VecDeque::new();
+                let after = resume_point(&raw, newest);
+                let last = replay_since(floor, history.iter(), after, &raw, &mut pending);
+                subscription.start_with(pending, last);
+            }
+        }
+        Ok(subscription)
+    }
+}
+
+/// The reply of [`JOIN_LUA`].
+enum Joined {
+    Full,
+    Ok {
+        newest: u64,
+        floor: u64,
+        history: Vec<Event>,
+    },
+}
+
+impl Joined {
+    fn parse(reply: Value) -> Option<Joined> {
+        let Value::Array(items) = reply else {
+            return None;
+        };
+        let mut items = items.into_iter();
+        match text(&items.next()?)?.as_str() {
+            "full" => return Some(Joined::Full),
+            "ok" => {}
+            _ => return None,
+        }
+        let newest = text(&items.next()?)?.parse().ok()?;
+        let floor = text(&items.next()?)?.parse().ok()?;
+        let Value::Array(entries) = items.next()? else {
+            return None;
+        };
+        let history = entries.into_iter().filter_map(stream_entry).collect();
+        Some(Joined::Ok {
+            newest,
+            floor,
+            history,
+        })
+    }
+}
+
+impl Link {
+    /// A pub/sub connection subscribed to the one pattern this instance listens on.
+    async fn subscribe(&self) -> Result<PubSub, String> {
+        let mut pubsub = within(self.client.get_async_pubsub()).await?;
+        let pattern = match self.format {
+            RedisFormat::Native => "sigrelay:*",
+            RedisFormat::FlaskSse => "*",
+        };
+        within(pubsub.psubscribe(pattern)).await?;
+        Ok(pubsub)
+    }
+
+    fn set_ready(&self, ready: bool, trouble: Option<String>) {
+        *lock(&self.trouble) = trouble;
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Feeds Redis messages to the local hub; on a lost connection marks the hub unavailable,
+    /// reconnects with backoff, catches up and carries on. Ends at shutdown.
+    async fn listen(self: Arc<Self>, local: Arc<memory::Hub>, first: PubSub) {
+        let mut pubsub = Some(first);
+        let mut delay = BACKOFF.0;
+        loop {
+            if let Some(connection) = pubsub.take() {
+                let mut messages = connection.into_on_message();
+                loop {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        message = messages.next() => match message {
+                            Some(message) => self.on_message(&local, &message),
+                            None => break,
+                        },
+                    }
+                }
+                tracing::warn!(
+                    "lost the Redis subscription; publishes answer 503 until it is back"
+                );
+                self.set_ready(
+                    false,
+                    Some("lost the connection to Redis; reconnecting".into()),
+                );
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match self.rejoin(&local).await {
+                Ok(connection) => {
+                    tracing::info!("Redis is back; delivery resumed");
+                    self.set_ready(true, None);
+                    pubsub = Some(connection);
+                    delay = BACKOFF.0;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "Redis still unreachable");
+                    self.set_ready(false, Some(format!("Redis unreachable: {e}")));
+                    delay = (delay * 2).min(BACKOFF.1);
+                }
+            }
+        }
+    }
+
+    /// After a lost connection: subscribe again, then deliver what was published meanwhile
+    /// (from history; what the new subscription also carries is dropped as a repeat) and put
+    /// this instance's streams back in the counts (Redis may have restarted empty).
+    async fn rejoin(&self, local: &memory::Hub) -> Result<PubSub, String> {
+        let pubsub = self.subscribe().await?;
+        let names = local.channel_names();
+        for name in &names {
+            let Some(room) = local.local_room(name) else {
+                continue;
+            };
+            let mut conn = self.conn.clone();
+            let start = format!("({}-1", room.newest);
+            let entries: Value = within(
+                ::redis::cmd("XRANGE")
+                    .arg(key("h", name))
+                    .arg(start)
+                    .arg("+")
+                    .query_async(&mut conn),
+            )
+            .await?;
+            if let Value::Array(entries) = entries {
+                for event in entries.into_iter().filter_map(stream_entry) {
+                    local.deliver(name, event);
+                }
+            }
+        }
+        self.heartbeat(&names, local).await?;
+        Ok(pubsub)
+    }
+
+    /// One message from the pattern subscription.
+    fn on_message(&self, local: &memory::Hub, message: &Msg) {
+        let name = message.get_channel_name();
+        let payload = message.get_payload_bytes();
+        if let Some(channel) = name.strip_prefix("sigrelay:ev:") {
+            let Ok(channel) = ChannelName::parse(channel) else {
+                return;
+            };
+            if let Some(event) = native_event(payload) {
+                local.deliver(&channel, event);
+            }
+        } else if name == CONTROL {
+            // A peer's place was taken over through another instance: end the stream here.
+            let text = String::from_utf8_lossy(payload);
+            let mut fields = text.split('\n');
+            if let (Some(channel), Some(peer), Some(instance), Some(subscription)) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            {
+                let (Ok(channel), Ok(peer)) = (ChannelName::parse(channel), PeerId::parse(peer))
+                else {
+                    return;
+                };
+                let keep = (instance == self.instance)
+                    .then(|| subscription.parse().ok())
+                    .flatten();
+                local.stop_peer(&channel, &peer, keep);
+            }
+        } else if self.format == RedisFormat::FlaskSse && !name.starts_with(PREFIX) {
+            let Ok(channel) = ChannelName::parse(name) else {
+                return;
+            };
+            match flask_event(payload) {
+                Some(event) => {
+                    local.deliver(&channel, event);
+                }
+                None => tracing::debug!("ignored a message that is not flask-sse's format"),
+            }
+        }
+    }
+
+    /// Keeps the cluster's counts true: re-syncs a room whenever a stream here ends, and every
+    /// [`HEARTBEAT`] refreshes the liveness key and every room this instance holds.
+    async fn keep_counts(
+        self: Arc<Self>,
+        local: Arc<memory::Hub>,
+        mut left: mpsc::UnboundedReceiver<ChannelName>,
+    ) {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut dirty: HashSet<ChannelName> = HashSet::new();
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                Some(channel) = left.recv() => {
+                    dirty.insert(channel);
+                    while let Ok(channel) = left.try_recv() {
+                        dirty.insert(channel);
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.ready.load(Ordering::Acquire) {
+                        let names = local.channel_names();
+                        if let Err(e) = self.heartbeat(&names, &local).await {
+                            tracing::debug!(error = %e, "heartbeat failed");
+                        }
+                    }
+                }
+            }
+            if !dirty.is_empty() && self.ready.load(Ordering::Acquire) {
+                let names: Vec<ChannelName> = dirty.drain().collect();
+                if let Err(e) = self.sync_all(&names, &local).await {
+                    tracing::debug!(error = %e, "recount failed; retried at the next heartbeat");
+                }
+            }
+        }
+        // Leaving: without the liveness key the others stop counting this instance at once.
+        let mut conn = self.conn.clone();
+        let alive = format!("sigrelay:alive:{}", self.instance);
+        let _: Result<Result<(), RedisError>, _> = tokio::time::timeout(
+            OP_TIMEOUT,
+            ::redis::cmd("DEL").arg(alive).query_async(&mut conn),
+        )
+        .await;
+    }
+
+    /// Refreshes the liveness key, then syncs `names`.
+    async fn heartbeat(&self, names: &[ChannelName], local: &memory::Hub) -> Result<(), String> {
+        self.refresh_alive().await?;
+        self.sync_all(names, local).await
+    }
+
+    /// `sigrelay:alive:INSTANCE`, expiring after [`ALIVE_TTL`].
+    async fn refresh_alive(&self) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        within(
+            ::redis::cmd("SET")
+                .arg(format!("sigrelay:alive:{}", self.instance))
+                .arg(1)
+                .arg("PX")
+                .arg(ALIVE_TTL.as_millis() as u64)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Syncs many rooms, a bounded number of scripts in flight on the multiplexed connection.
+    async fn sync_all(&self, names: &[ChannelName], local: &memory::Hub) -> Result<(), String> {
+        for batch in names.chunks(64) {
+            let results = join_all(batch.iter().map(|name| self.sync(name, local))).await;
+            results.into_iter().collect::<Result<(), String>>()?;
+        }
+        Ok(())
+    }
+
+    async fn sync(&self, channel: &ChannelName, local: &memory::Hub) -> Result<(), String> {
+        let room = local.local_room(channel).unwrap_or(memory::LocalRoom {
+            subscribers: 0,
+            peers: Vec::new(),
+            newest: 0,
+        });
+        let mut conn = self.conn.clone();
+        let mut call = self.sync.prepare_invoke();
+        call.key(key("s", channel))
+            .key(key("p", channel))
+            .key(key("h", channel))
+            .key(key("f", channel))
+            .key(key("ev", channel))
+            .arg(&self.instance)
+            .arg(room.subscribers)
+            .arg("sigrelay:alive:")
+            .arg(room_ttl_ms())
+            .arg(self.settings.history_ttl.as_millis() as u64);
+        for (peer, subscription) in &room.peers {
+            call.arg(peer.as_str()).arg(*subscription);
+        }
+        within(call.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+}
+
+/// A native payload: `e<id>\n<tail>` (an event; the frame is `id: <id>\n<tail>`) or
+/// `p<subscribers> <peers>` (presence, counted over the cluster).
+fn native_event(payload: &[u8]) -> Option<Event> {
+    match payload.split_first()? {
+        (b'e', rest) => {
+            let newline = rest.iter().position(|b| *b == b'\n')?;
+            let id: u64 = std::str::from_utf8(&rest[..newline]).ok()?.parse().ok()?;
+            Some(Event {
+                id: Some(id),
+                frame: with_id(id, &rest[newline + 1..]),
+            })
+        }
+        (b'p', rest) => {
+            let text = std::str::from_utf8(rest).ok()?;
+            let (subscribers, peers) = text.split_once(' ')?;
+            Some(Event {
+                id: None,
+                frame: sse::presence_frame(subscribers.parse().ok()?, peers.parse().ok()?),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A message in flask-sse's format: `{"data": ..., "type": ..., "id": ..., "retry": ...}`. Only
+/// a numeric id is kept as an event id (replayable); anything else is delivered live, without
+/// one, so a client's `Last-Event-ID` is always an id this relay understands.
+fn flask_event(payload: &[u8]) -> Option<Event> {
+    let message: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let message = message.as_object()?;
+    let data = message.get("data")?;
+    let event_type = match message.get("type") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(t) => Some(crate::names::EventType::parse(t.as_str()?).ok()?),
+    };
+    let id = message.get("id").and_then(|v| v.as_u64());
+    let retry = message.get("retry").and_then(|v| v.as_u64());
+    let data = match data {
+        serde_json::Value::String(text) => text.clone(),
+        other => sse::python_json(other),
+    };
+    Some(Event {
+        id,
+        frame: sse::foreign_frame(id, event_type.as_ref().map(|t| t.as_str()), &data, retry),
+    })
+}
+
+/// A history entry (`[ "<id>-1", ["t", tail] ]`) as the event it was.
+fn stream_entry(entry: Value) -> Option<Event> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    let mut parts = parts.into_iter();
+    let id: u64 = text(&parts.next()?)?.split('-').next()?.parse().ok()?;
+    let Value::Array(fields) = parts.next()? else {
+        return None;
+    };
+    let tail = match fields.get(1)? {
+        Value::BulkString(bytes) => bytes.as_slice(),
+        _ => return None,
+    };
+    Some(Event {
+        id: Some(id),
+        frame: with_id(id, tail),
+    })
+}
+
+fn with_id(id: u64, tail: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(tail.len() + 26);
+    frame.put_slice(b"id: ");
+    frame.put_slice(id.to_string().as_bytes());
+    frame.put_u8(b'\n');
+    frame.put_slice(tail);
+    frame.freeze()
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn key(kind: &str, channel: &ChannelName) -> String {
+    format!("{PREFIX}{kind}:{}", channel.as_str())
+}
+
+/// Room records outlive a missed heartbeat or two, not a dead cluster.
+fn room_ttl_ms() -> u64 {
+    (ALIVE_TTL * 4).as_millis() as u64
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// 64 random bits in hex.
+fn instance_name() -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 8];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        bytes = now_micros().to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A Redis round trip bounded by [`OP_TIMEOUT`], its error as text.
+async fn within<T>(
+    call: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(OP_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("Redis did not answer in time".into()),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_payloads_round_trip() {
+        let tail = MessageTail::new("request", "hi");
+        let mut payload = b"e42\n".to_vec();
+        payload.extend_from_slice(tail.as_bytes());
+        let event = native_event(&payload).unwrap();
+        assert_eq!(event.id, Some(42));
+        assert_eq!(event.frame, tail.with_id(42));
+        let presence = native_event(b"p3 2").unwrap();
+        assert_eq!(presence.id, None);
+        assert_eq!(presence.frame, sse::presence_frame(3, 2));
+        assert!(native_event(b"x").is_none());
+        assert!(native_event(b"eNaN\n").is_none());
+    }
+
+    #[test]
+    fn flask_messages_become_frames() {
+        let event =
+            flask_event(br#"{"data": {"message": "hi"}, "type": "request", "id": 7}"#).unwrap();
+        assert_eq!(event.id, Some(7));
+        assert_eq!(
+            &event.frame[..],
+            b"id: 7\nevent: request\ndata: {\"message\": \"hi\"}\n\n"
+        );
+        // Foreign ids are not ours to resume from; strings pass through as lines.
+        let event = flask_event(br#"{"data": "a\nb", "id": "x1", "retry": 5}"#).unwrap();
+        assert_eq!(event.id, None);
+        assert_eq!(&event.frame[..], b"data: a\ndata: b\nretry: 5\n\n");
+        // A type that could break the framing is refused, as are non-messages.
+        assert!(flask_event(br#"{"data": 1, "type": "a\nb"}"#).is_none());
+        assert!(flask_event(b"not json").is_none());
+        assert!(flask_event(br#"{"type": "x"}"#).is_none());
+    }
+}

@@ -1,0 +1,372 @@
+//! Several instances sharing rooms through a real `redis-server` (started here on a free
+//! loopback port): cross-instance delivery, resume on another instance, presence and capacity
+//! over the cluster, Redis lost and back, flask-sse's message format, and start-up without Redis.
+//!
+//! Without redis-server these tests say "skipped: no redis-server", unless
+//! SIGRELAY_REQUIRE_REDIS=1 (CI), which makes that a failure.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{message_of, SseClient, TestServer, WAIT};
+use futures_util::StreamExt;
+use sigrelay::hub::{RedisFormat, RedisSettings};
+
+/// A redis-server of our own on 127.0.0.1, killed (by its PID) on drop.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// `None` (after saying so) when redis-server is not installed and not required.
+    fn start() -> Option<RedisServer> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            assert!(
+                std::env::var("SIGRELAY_REQUIRE_REDIS").as_deref() != Ok("1"),
+                "redis-server is required (SIGRELAY_REQUIRE_REDIS=1) but not installed"
+            );
+            eprintln!("skipped: no redis-server");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = RedisServer { port, child: None };
+        server.spawn();
+        Some(server)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server did not start");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn settings(&self, format: RedisFormat) -> RedisSettings {
+        RedisSettings {
+            url: self.url(),
+            format,
+        }
+    }
+
+    async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn instance(redis: &RedisServer, format: RedisFormat) -> TestServer {
+    let settings = redis.settings(format);
+    TestServer::with(move |c| {
+        c.redis = Some(settings);
+        c.keepalive = Duration::from_millis(500);
+    })
+    .await
+}
+
+/// Waits until `/healthz` says `ready` is `want`.
+async fn wait_ready(server: &TestServer, want: bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = server.health().await;
+        if health["ready"] == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never became ready={want}: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next `presence` event's (subscribers, peers).
+async fn presence(client: &mut SseClient) -> (u64, u64) {
+    loop {
+        let event = client.next().await.expect("no presence event");
+        if event.event == "presence" {
+            let v: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+            return (
+                v["subscribers"].as_u64().unwrap(),
+                v["peers"].as_u64().unwrap(),
+            );
+        }
+    }
+}
+
+/// Reads presence events until one says (subscribers, peers).
+async fn presence_reaches(client: &mut SseClient, want: (u64, u64)) {
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while Instant::now() < deadline {
+        if presence(client).await == want {
+            return;
+        }
+    }
+    panic!("presence never reached {want:?}");
+}
+
+#[tokio::test]
+async fn a_post_on_one_instance_reaches_subscribers_on_both_in_order_exactly_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = instance(&redis, RedisFormat::Native).await;
+    let b = instance(&redis, RedisFormat::Native).await;
+    let mut on_a = a.subscribe("room").await;
+    let mut on_b = b.subscribe("room").await;
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        // Alternate the instance taking the POST: order must hold whoever publishes.
+        let publisher = if i % 2 == 0 { &b } else { &a };
+        ids.push(publisher.publish("room", "m", &format!("msg {i}")).await);
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    for client in [&mut on_a, &mut on_b] {
+        for (i, id) in ids.iter().enumerate() {
+            let event = client.next_message().await.expect("message missing");
+            assert_eq!(event.id, id.to_string());
+            assert_eq!(message_of(&event), format!("msg {i}"));
+        }
+        // Exactly once: nothing more arrives.
+        let extra = client.next_within(Duration::from_millis(300)).await;
+        assert!(
+            extra.as_ref().is_none_or(|e| e.event == "presence"),
+            "{extra:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn resume_on_another_instance_loses_nothing() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = instance(&redis, RedisFormat::Native).await;
+    let b = instance(&redis, RedisFormat::Native).await;
+    let mut first = a.subscribe("resume").await;
+    for i in 0..5 {
+        a.publish("resume", "m", &format!("early {i}")).await;
+    }
+    for _ in 0..3 {
+        first.next_message().await.unwrap();
+    }
+    let last_seen = first.last_event_id.clone();
+    drop(first);
+    // Published while the browser is between connections, on the other instance.
+    for i in 0..5 {
+        b.publish("resume", "m", &format!("late {i}")).await;
+    }
+    let mut again = SseClient::connect(
+        b.addr,
+        "/stream?channel=resume",
+        &[("last-event-id", &last_seen)],
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..7 {
+        got.push(message_of(&again.next_message().await.expect("missing")));
+    }
+    assert_eq!(
+        got,
+        ["early 3", "early 4", "late 0", "late 1", "late 2", "late 3", "late 4"]
+    );
+    // And an id from before this room existed is a gap, on any instance.
+    let mut stale =
+        SseClient::connect(a.addr, "/stream?channel=fresh", &[("last-event-id", "5")]).await;
+    assert_eq!(stale.next_message().await.unwrap().event, "gap");
+}
+
+#[tokio::test]
+async fn presence_and_room_capacity_count_every_instance() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = instance(&redis, RedisFormat::Native).await;
+    let b = instance(&redis, RedisFormat::Native).await;
+    let mut alice = SseClient::connect(a.addr, "/stream?channel=call&peer=alice", &[]).await;
+    assert_eq!(alice.status, 200);
+    assert_eq!(presence(&mut alice).await, (1, 1));
+    let mut bob = SseClient::connect(b.addr, "/stream?channel=call&peer=bob", &[]).await;
+    assert_eq!(bob.status, 200);
+    presence_reaches(&mut alice, (2, 2)).await;
+    presence_reaches(&mut bob, (2, 2)).await;
+
+    // A third peer is refused on either instance.
+    for server in [&a, &b] {
+        let carol = SseClient::connect(server.addr, "/stream?channel=call&peer=carol", &[]).await;
+        assert_eq!(carol.status, 409);
+    }
+    // Alice reloading through the other instance takes her own place over; her old stream ends.
+    let mut alice_again = SseClient::connect(b.addr, "/stream?channel=call&peer=alice", &[]).await;
+    assert_eq!(alice_again.status, 200);
+    let ended = tokio::time::timeout(WAIT, async { while alice.next().await.is_some() {} }).await;
+    assert!(
+        ended.is_ok(),
+        "the old stream on the other instance did not end"
+    );
+    presence_reaches(&mut alice_again, (2, 2)).await;
+
+    // Bob leaves: everyone is told, and the place is free for Carol.
+    drop(bob);
+    presence_reaches(&mut alice_again, (1, 1)).await;
+    let carol = SseClient::connect(a.addr, "/stream?channel=call&peer=carol", &[]).await;
+    assert_eq!(carol.status, 200);
+}
+
+#[tokio::test]
+async fn redis_lost_and_back_refuses_then_resumes_without_a_restart() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let a = instance(&redis, RedisFormat::Native).await;
+    let b = instance(&redis, RedisFormat::Native).await;
+    let mut on_a = a.subscribe("outage").await;
+    b.publish("outage", "m", "before").await;
+    assert_eq!(message_of(&on_a.next_message().await.unwrap()), "before");
+
+    redis.stop();
+    wait_ready(&b, false).await;
+    let refused = b.post("outage", "m", "during").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("unavailable"));
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let health = b.get("/healthz").await;
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json()["status"], "degraded");
+    let new_stream = SseClient::connect(b.addr, "/stream?channel=outage", &[]).await;
+    assert_eq!(new_stream.status, 503);
+
+    redis.spawn();
+    wait_ready(&a, true).await;
+    wait_ready(&b, true).await;
+    // The stream opened before the outage is still open and gets what is published now.
+    b.publish("outage", "m", "after").await;
+    let event = on_a
+        .next_message()
+        .await
+        .expect("no delivery after Redis came back");
+    assert_eq!(message_of(&event), "after");
+    assert_eq!(a.health().await["status"], "ok");
+}
+
+#[tokio::test]
+async fn flask_sse_messages_go_both_ways() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let relay = instance(&redis, RedisFormat::FlaskSse).await;
+    let mut conn = redis.client().await;
+
+    // A Flask app calling sse.publish({"message": "hi"}, type="request", channel="room")
+    // puts exactly this on the Redis channel "room".
+    let mut browser = relay.subscribe("room").await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("room")
+        .arg(r#"{"data": {"message": "hi \u00e9"}, "type": "request"}"#)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let event = browser
+        .next_message()
+        .await
+        .expect("flask message not delivered");
+    assert_eq!(event.event, "request");
+    assert_eq!(message_of(&event), "hi é");
+    assert_eq!(event.id, "", "a Flask message carries no id of ours");
+
+    // And a POST to sigrelay reaches a flask-sse subscriber of "room" as flask-sse reads it:
+    // json.loads(payload) → Message(**fields), so only data/type/id/retry may appear.
+    let mut flask = redis::Client::open(redis.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    flask.subscribe("room").await.unwrap();
+    let id = relay.publish("room", "response", "{\"sdp\": 1}").await;
+    let mut messages = flask.on_message();
+    let message = tokio::time::timeout(WAIT, messages.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let fields: serde_json::Value = serde_json::from_slice(message.get_payload_bytes()).unwrap();
+    let keys: Vec<&String> = fields.as_object().unwrap().keys().collect();
+    assert!(keys
+        .iter()
+        .all(|k| ["data", "type", "id", "retry"].contains(&k.as_str())));
+    assert_eq!(fields["data"]["message"], "{\"sdp\": 1}");
+    assert_eq!(fields["type"], "response");
+    assert_eq!(fields["id"], id);
+    // sigrelay's own streams get it too, with its id, in the seed's wire format.
+    let event = browser.next_message().await.unwrap();
+    assert_eq!(event.id, id.to_string());
+    assert_eq!(event.data, r#"{"message": "{\"sdp\": 1}"}"#);
+    // Names that would reach sigrelay's own pub/sub channels are refused.
+    assert_eq!(relay.post("sigrelay:ctl", "m", "x").await.status, 400);
+}
+
+#[test]
+fn the_binary_exits_with_a_clear_error_when_redis_is_unreachable() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let free: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sigrelay"))
+        .args(["--bind", &free.to_string(), "--no-qr"])
+        .args(["--redis", &format!("redis://127.0.0.1:{port}/")])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot reach Redis at 127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
