@@ -109,6 +109,17 @@ pub struct Cli {
     )]
     pub redis_format: String,
 
+    /// Seconds between an instance's heartbeats in Redis. An instance that stops (crash, power
+    /// cut) stops counting toward presence and room capacity within four heartbeats.
+    #[arg(
+        long = "redis-heartbeat",
+        value_name = "SECS",
+        env = "SIGRELAY_REDIS_HEARTBEAT",
+        default_value_t = 5.0,
+        requires = "redis"
+    )]
+    pub redis_heartbeat: f64,
+
     /// A STUN or TURN server URL handed to the pages in GET /config (for example
     /// stun:stun.example.org:3478); repeat for several. Default: none, which is right on a LAN.
     #[arg(

@@ -178,13 +178,17 @@ impl TryFrom<Cli> for Config {
                 max_subscribers: cli.max_subscribers,
                 ..defaults.hub
             },
-            redis: cli.redis.map(|url| RedisSettings {
-                url,
-                format: match cli.redis_format.as_str() {
-                    "flask-sse" => RedisFormat::FlaskSse,
-                    _ => RedisFormat::Native,
-                },
-            }),
+            redis: match cli.redis {
+                None => None,
+                Some(url) => Some(RedisSettings {
+                    url,
+                    format: match cli.redis_format.as_str() {
+                        "flask-sse" => RedisFormat::FlaskSse,
+                        _ => RedisFormat::Native,
+                    },
+                    heartbeat: seconds("redis-heartbeat", cli.redis_heartbeat, 0.05, 600.0)?,
+                }),
+            },
             max_body: cli.max_body,
             keepalive: seconds("keepalive", cli.keepalive, 0.05, 3600.0)?,
             ice: IceSettings {

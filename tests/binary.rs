@@ -3,41 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Kills the child (by its PID) if the test fails before it exits.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start(args: &[&str]) -> (Guard, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sigrelay"))
-        .args(args)
-        .env_remove("SIGRELAY_BIND")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + WAIT;
-    let addr = loop {
-        assert!(Instant::now() < deadline, "no URL printed");
-        let line = lines.next().expect("banner").unwrap();
-        if let Some(url) = line.trim().strip_prefix("http://") {
-            break url.trim_end_matches('/').parse().unwrap();
-        }
-    };
-    (Guard(child), addr)
+    start_binary(args)
 }
 
 #[tokio::test(flavor = "multi_thread")]

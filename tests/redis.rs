@@ -78,6 +78,7 @@ impl RedisServer {
         RedisSettings {
             url: self.url(),
             format,
+            heartbeat: Duration::from_secs(5),
         }
     }
 
@@ -369,4 +370,44 @@ fn the_binary_exits_with_a_clear_error_when_redis_is_unreachable() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_instance_stops_counting_once_its_heartbeat_expires() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let settings = RedisSettings {
+        heartbeat: Duration::from_millis(200),
+        ..redis.settings(RedisFormat::Native)
+    };
+    let a = TestServer::with(move |c| c.redis = Some(settings)).await;
+    // The other instance is a real process, killed with SIGKILL: no goodbye to Redis.
+    let url = redis.url();
+    let (mut doomed, doomed_addr) = common::start_binary(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--no-qr",
+        "--redis",
+        &url,
+        "--redis-heartbeat",
+        "0.2",
+    ]);
+    let mut alice = SseClient::connect(a.addr, "/stream?channel=ghost&peer=alice", &[]).await;
+    let bob = SseClient::connect(doomed_addr, "/stream?channel=ghost&peer=bob", &[]).await;
+    assert_eq!(bob.status, 200);
+    presence_reaches(&mut alice, (2, 2)).await;
+    let carol = SseClient::connect(a.addr, "/stream?channel=ghost&peer=carol", &[]).await;
+    assert_eq!(carol.status, 409, "the room is full while bob's instance lives");
+
+    doomed.0.kill().unwrap();
+    doomed.0.wait().unwrap();
+    let died = Instant::now();
+    presence_reaches(&mut alice, (1, 1)).await;
+    let gone = died.elapsed();
+    eprintln!("a dead instance's streams stopped counting after {gone:?} (heartbeat 0.2 s)");
+    // Liveness expires after 3 heartbeats; the next heartbeat of a live instance notices.
+    assert!(gone < Duration::from_secs(3), "{gone:?}");
+    let carol = SseClient::connect(a.addr, "/stream?channel=ghost&peer=carol", &[]).await;
+    assert_eq!(carol.status, 200);
 }

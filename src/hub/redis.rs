@@ -9,10 +9,11 @@
 //!   of history and of delivery is one order, as on a single instance.
 //! - Each instance keeps a [`memory::Hub`] as its local fan-out: one Redis subscription (a single
 //!   pattern) feeds it, every event is encoded once per instance and shared by its streams.
-//! - An instance proves it is alive with `sigrelay:alive:ID` (expires after [`ALIVE_TTL`],
-//!   refreshed every [`HEARTBEAT`]); the entries of an instance that stopped refreshing are
-//!   dropped by the next script that reads the room, so a dead instance's subscribers stop
-//!   counting, and stop holding places, within `ALIVE_TTL + HEARTBEAT` (20 s).
+//! - An instance proves it is alive with `sigrelay:alive:ID`, refreshed every heartbeat
+//!   (`--redis-heartbeat`, 5 s) and expiring after three; the entries of an instance that
+//!   stopped refreshing are dropped by the next script that reads the room (a live instance's
+//!   heartbeat reads all of its rooms), so a dead instance's subscribers stop counting, and stop
+//!   holding places, within four heartbeats (20 s by default).
 //! - Losing Redis: publishes and new streams answer 503 (nothing is accepted that would not be
 //!   delivered), open streams stay open, the listener reconnects with backoff, then catches up on
 //!   what was published meanwhile (from history) and re-registers its streams.
@@ -35,10 +36,10 @@ use super::{Event, HubError, Published, StartAt};
 use crate::names::{ChannelName, PeerId};
 use crate::sse::{self, MessageTail};
 
-/// How often an instance refreshes its liveness key and its rooms' counts.
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
-/// How long an instance counts as alive after its last heartbeat.
-pub const ALIVE_TTL: Duration = Duration::from_secs(15);
+/// An instance counts as alive for this many heartbeats after its last one.
+const ALIVE_HEARTBEATS: u32 = 3;
+/// Room records (counts, places) outlive a missed heartbeat or two, not a dead cluster.
+const ROOM_HEARTBEATS: u32 = 12;
 /// Every Redis round trip gives up after this; the request then answers 503.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reconnection delays double from the first to the last.
@@ -52,6 +53,8 @@ const CONTROL: &str = "sigrelay:ctl";
 pub struct RedisSettings {
     pub url: String,
     pub format: RedisFormat,
+    /// How often an instance refreshes its liveness key and its rooms' counts.
+    pub heartbeat: Duration,
 }
 
 /// How published messages travel through Redis.
@@ -200,6 +203,7 @@ struct Link {
     conn: ConnectionManager,
     settings: HubSettings,
     format: RedisFormat,
+    heartbeat: Duration,
     /// This process's name in the cluster: random, so a restart is a new instance.
     instance: String,
     /// Set while the listener is subscribed; requests are refused with 503 when it is not.
@@ -238,6 +242,7 @@ impl RedisHub {
             conn,
             settings: settings.clone(),
             format: redis.format,
+            heartbeat: redis.heartbeat,
             instance: instance_name(),
             ready: AtomicBool::new(false),
             trouble: Mutex::new(Some("connecting to Redis".into())),
@@ -379,7 +384,7 @@ impl RedisHub {
             .arg(held)
             .arg(u8::from(matches!(start, StartAt::After(_))))
             .arg("sigrelay:alive:")
-            .arg(room_ttl_ms())
+            .arg(link.room_ttl_ms())
             .arg(channel.as_str());
         let reply: Value = within(call.invoke_async(&mut conn))
             .await
@@ -577,13 +582,13 @@ impl Link {
     }
 
     /// Keeps the cluster's counts true: re-syncs a room whenever a stream here ends, and every
-    /// [`HEARTBEAT`] refreshes the liveness key and every room this instance holds.
+    /// heartbeat refreshes the liveness key and every room this instance holds.
     async fn keep_counts(
         self: Arc<Self>,
         local: Arc<memory::Hub>,
         mut left: mpsc::UnboundedReceiver<ChannelName>,
     ) {
-        let mut tick = tokio::time::interval(HEARTBEAT);
+        let mut tick = tokio::time::interval(self.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty: HashSet<ChannelName> = HashSet::new();
         loop {
@@ -627,7 +632,11 @@ impl Link {
         self.sync_all(names, local).await
     }
 
-    /// `sigrelay:alive:INSTANCE`, expiring after [`ALIVE_TTL`].
+    fn room_ttl_ms(&self) -> u64 {
+        (self.heartbeat * ROOM_HEARTBEATS).as_millis() as u64
+    }
+
+    /// `sigrelay:alive:INSTANCE`, expiring after [`ALIVE_HEARTBEATS`] heartbeats.
     async fn refresh_alive(&self) -> Result<(), String> {
         let mut conn = self.conn.clone();
         within(
@@ -635,7 +644,7 @@ impl Link {
                 .arg(format!("sigrelay:alive:{}", self.instance))
                 .arg(1)
                 .arg("PX")
-                .arg(ALIVE_TTL.as_millis() as u64)
+                .arg((self.heartbeat * ALIVE_HEARTBEATS).as_millis() as u64)
                 .query_async::<()>(&mut conn),
         )
         .await
@@ -666,7 +675,7 @@ impl Link {
             .arg(&self.instance)
             .arg(room.subscribers)
             .arg("sigrelay:alive:")
-            .arg(room_ttl_ms())
+            .arg(self.room_ttl_ms())
             .arg(self.settings.history_ttl.as_millis() as u64);
         for (peer, subscription) in &room.peers {
             call.arg(peer.as_str()).arg(*subscription);
@@ -763,11 +772,6 @@ fn text(value: &Value) -> Option<String> {
 
 fn key(kind: &str, channel: &ChannelName) -> String {
     format!("{PREFIX}{kind}:{}", channel.as_str())
-}
-
-/// Room records outlive a missed heartbeat or two, not a dead cluster.
-fn room_ttl_ms() -> u64 {
-    (ALIVE_TTL * 4).as_millis() as u64
 }
 
 fn now_micros() -> u64 {

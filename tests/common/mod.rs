@@ -15,6 +15,41 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// A child process (the real binary) killed by its PID if the test ends before it exits.
+pub struct Guard(pub std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `target/debug/sigrelay` with `args` and reads the first `http://` URL of its banner.
+pub fn start_binary(args: &[&str]) -> (Guard, SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigrelay"))
+        .args(args)
+        .env_remove("SIGRELAY_BIND")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let guard = Guard(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = std::time::Instant::now() + WAIT;
+    let addr = loop {
+        assert!(std::time::Instant::now() < deadline, "no URL printed");
+        let line = lines.next().expect("banner").unwrap();
+        if let Some(url) = line.trim().strip_prefix("http://") {
+            break url.trim_end_matches('/').parse().unwrap();
+        }
+    };
+    (guard, addr)
+}
+
 /// Bound for every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(10);
 
