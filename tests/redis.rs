@@ -398,7 +398,10 @@ async fn a_dead_instance_stops_counting_once_its_heartbeat_expires() {
     assert_eq!(bob.status, 200);
     presence_reaches(&mut alice, (2, 2)).await;
     let carol = SseClient::connect(a.addr, "/stream?channel=ghost&peer=carol", &[]).await;
-    assert_eq!(carol.status, 409, "the room is full while bob's instance lives");
+    assert_eq!(
+        carol.status, 409,
+        "the room is full while bob's instance lives"
+    );
 
     doomed.0.kill().unwrap();
     doomed.0.wait().unwrap();
