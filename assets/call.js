@@ -9,6 +9,11 @@
 // page's id. Extra types the seed never listens to: `hello` (the creator's stream opened: a
 // joiner whose call is stale calls again) and `bye` (hang-up or page closed).
 //
+// Identity: every stream starts with `event: welcome` carrying this page's peer id and a token
+// the server signed for it and this room; every POST sends both back (X-Sigrelay-Peer,
+// X-Sigrelay-Token), so the relay stamps our events `from` us and, under --strict-peers,
+// refuses posts from anyone who only guessed the room name.
+//
 // The page shows which path the call's media took (`document.body.dataset.path`: `direct` or
 // `relayed`, from the selected ICE candidate pair) and a QR code of its invite link. The test
 // switch `?relay=1` makes the page use TURN relay candidates only (`iceTransportPolicy: relay`).
@@ -79,6 +84,17 @@ function enqueue(step) {
 // they were made: an offer always precedes its candidates, even for a seed page that does
 // not queue early candidates.
 let outbox = Promise.resolve();
+let identity = null; // {peer, token} from the stream's `welcome` event
+let welcomed; // resolves when the first `welcome` arrives
+const welcome = new Promise((resolve) => {
+  welcomed = resolve;
+});
+
+/** The identity headers for a POST, once the stream has said who we are. */
+function identityHeaders() {
+  return identity ? { 'X-Sigrelay-Peer': identity.peer, 'X-Sigrelay-Token': identity.token } : {};
+}
+
 function send(type, message) {
   const body = JSON.stringify(message);
   const sent = outbox.then(() => post(type, body));
@@ -88,10 +104,13 @@ function send(type, message) {
 
 async function post(type, body) {
   const url = `/channel/send/${encodeURIComponent(room)}/${type}`;
+  // The welcome is the stream's first event, so it is normally here long before any message;
+  // without it (a relay that sends none) the post goes out anonymous after a short wait.
+  await Promise.race([welcome, sleep(5000)]);
   for (let attempt = 1; ; attempt++) {
     let problem;
     try {
-      const response = await fetch(url, { method: 'POST', body });
+      const response = await fetch(url, { method: 'POST', body, headers: identityHeaders() });
       if (response.ok) return await response.json();
       problem = new Error(`HTTP ${response.status}: ${await response.text()}`);
       if (response.status < 500) throw problem;
@@ -720,6 +739,18 @@ function onRefused(error) {
 
 function onEvent(event) {
   const eventId = Number(event.lastEventId);
+  if (event.type === 'welcome') {
+    try {
+      const info = JSON.parse(event.data);
+      if (typeof info.peer === 'string' && typeof info.token === 'string') {
+        identity = { peer: info.peer, token: info.token };
+        welcomed();
+      }
+    } catch {
+      // Not ours to read: posts stay anonymous.
+    }
+    return;
+  }
   if (event.type === 'presence') {
     let info;
     try {
@@ -810,9 +841,17 @@ function hangUp() {
 // Closing or reloading the tab: tell the other side at once instead of leaving it to notice
 // a dead connection. A late `bye` is harmless: it names a session that no longer exists.
 function sayByeOnUnload() {
-  if (left || !sid || !navigator.sendBeacon) return;
+  if (left || !sid) return;
   const body = JSON.stringify({ sid, peer: peerId });
-  navigator.sendBeacon(`/channel/send/${encodeURIComponent(room)}/bye`, body);
+  const url = `/channel/send/${encodeURIComponent(room)}/bye`;
+  // A keepalive fetch outlives the page like a beacon does, and (unlike sendBeacon) can carry
+  // the identity headers --strict-peers asks for.
+  if (identity) {
+    const headers = identityHeaders();
+    fetch(url, { method: 'POST', body, headers, keepalive: true }).catch(() => {});
+  } else if (navigator.sendBeacon) {
+    navigator.sendBeacon(url, body);
+  }
 }
 
 start();

@@ -226,6 +226,24 @@ pub struct Cli {
     )]
     pub cors_origin: Vec<String>,
 
+    /// Refuse (403) publishes that do not carry a peer token for their channel. Every stream
+    /// starts with `event: welcome` carrying its peer id and token; a POST that sends them back
+    /// (headers X-Sigrelay-Peer and X-Sigrelay-Token) is stamped `"from": PEER`, so nobody who
+    /// merely guessed a room name can pose as a participant. Off by default so the seed's
+    /// anonymous pages keep working (their events just carry no `from`).
+    #[arg(long = "strict-peers", env = "SIGRELAY_STRICT_PEERS")]
+    pub strict_peers: bool,
+
+    /// Secret that signs peer tokens. Instances that share subscribers (one Redis) must use
+    /// the same secret so each accepts the others' tokens. Default: random at each start.
+    #[arg(
+        long = "peer-secret",
+        value_name = "SECRET",
+        env = "SIGRELAY_PEER_SECRET",
+        hide_env_values = true
+    )]
+    pub peer_secret: Option<String>,
+
     /// Serve HTTPS (HTTP/2 and HTTP/1.1) instead of plain HTTP, which browsers need before they
     /// allow the camera anywhere but localhost. Without --cert/--key a self-signed certificate
     /// for this machine's names and addresses is made once, kept in --tls-dir and reused, so

@@ -30,6 +30,10 @@ pub struct Config {
     pub post_burst: f64,
     /// How long a client may take to send a publish body.
     pub body_timeout: Duration,
+    /// Publishes without a valid peer token are refused (`--strict-peers`).
+    pub strict_peers: bool,
+    /// Signs peer tokens (`--peer-secret`); random per process unless given.
+    pub peer_secret: String,
     /// Foreign origins allowed to use the relay from a browser (`*` for any).
     pub cors_origins: Vec<String>,
     /// Built-in STUN/TURN and the ICE servers handed to pages.
@@ -66,6 +70,8 @@ impl Default for Config {
             retry_ms: 2000,
             ice: IceSettings::default(),
             cors_origins: Vec::new(),
+            strict_peers: false,
+            peer_secret: crate::ice::random_secret(),
             max_connections: 16_000,
             max_connections_per_ip: 2_000,
             post_rate: 50.0,
@@ -159,7 +165,16 @@ impl TryFrom<Cli> for Config {
                 "--post-rate must be above 0 and --post-burst at least 1".into(),
             ));
         }
+        let peer_secret = match cli.peer_secret {
+            Some(secret) if secret.is_empty() => {
+                return Err(ConfigError("--peer-secret must not be empty".into()))
+            }
+            Some(secret) => secret,
+            None => defaults.peer_secret.clone(),
+        };
         Ok(Config {
+            strict_peers: cli.strict_peers,
+            peer_secret,
             max_connections: cli.max_connections,
             max_connections_per_ip: cli.max_connections_per_ip,
             post_rate: cli.post_rate,

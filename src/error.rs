@@ -19,6 +19,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     /// A browser request from an origin the policy does not allow.
     Forbidden(String),
+    /// A publish whose peer token is missing (under `--strict-peers`) or not valid for the
+    /// channel.
+    PeerRefused(&'static str),
     /// Too many publishes from this address; retry after this long.
     TooManyRequests(std::time::Duration),
     /// The body did not arrive within `--body-timeout`.
@@ -27,7 +30,9 @@ pub enum ApiError {
     RoomFull(usize),
     /// The channel holds `--max-subscribers` streams.
     ChannelFull(String),
-    /// The relay cannot take this now (`--max-channels` reached, Redis unreachable); retry.
+    /// `--max-channels` channels exist; retry later.
+    TooManyChannels(String),
+    /// The relay cannot take this now (Redis unreachable); retry.
     Unavailable(String),
 }
 
@@ -42,9 +47,8 @@ impl From<HubError> for ApiError {
         match e {
             HubError::RoomFull { capacity } => ApiError::RoomFull(capacity),
             HubError::TooManySubscribers { .. } => ApiError::ChannelFull(e.to_string()),
-            HubError::TooManyChannels { .. } | HubError::Unavailable(_) => {
-                ApiError::Unavailable(e.to_string())
-            }
+            HubError::TooManyChannels { .. } => ApiError::TooManyChannels(e.to_string()),
+            HubError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             HubError::Reserved => ApiError::BadRequest(e.to_string()),
         }
     }
@@ -57,9 +61,11 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::PeerRefused(_) => StatusCode::FORBIDDEN,
             ApiError::RoomFull(_) | ApiError::ChannelFull(_) => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::TooManyChannels(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
@@ -70,13 +76,33 @@ impl ApiError {
             ApiError::BadRequest(why)
             | ApiError::Forbidden(why)
             | ApiError::ChannelFull(why)
+            | ApiError::TooManyChannels(why)
             | ApiError::Unavailable(why) => why.clone(),
+            ApiError::PeerRefused(why) => (*why).into(),
             ApiError::NotFound => "not found".into(),
             ApiError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
             ApiError::PayloadTooLarge(max) => format!("body larger than {max} bytes"),
             ApiError::RoomFull(_) => "room is full".into(),
             ApiError::TooManyRequests(_) => "too many messages from this address; slow down".into(),
             ApiError::BodyTimeout => "the body took too long to arrive".into(),
+        }
+    }
+
+    /// A fixed word for `/metrics` (`sigrelay_refusals_total{reason=...}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::PayloadTooLarge(_) => "body_too_large",
+            ApiError::Forbidden(_) => "forbidden_origin",
+            ApiError::PeerRefused(_) => "forbidden_peer",
+            ApiError::TooManyRequests(_) => "rate_limited",
+            ApiError::BodyTimeout => "body_timeout",
+            ApiError::RoomFull(_) => "room_full",
+            ApiError::ChannelFull(_) => "too_many_subscribers",
+            ApiError::TooManyChannels(_) => "too_many_channels",
+            ApiError::Unavailable(_) => "backend_unavailable",
         }
     }
 
@@ -101,7 +127,7 @@ impl ApiError {
                 let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::TooManyChannels(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

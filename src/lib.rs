@@ -12,7 +12,10 @@
 //! - [`http`]: the route table and the endpoints; [`error`]: errors → status + JSON, in one place.
 //! - [`ice`]: built-in STUN/TURN and the TURN credentials pages get from `/config`.
 //! - [`limits`]: connections per client and in total, publishes per client per second.
+//! - [`metrics`]: the Prometheus registry behind `GET /metrics`.
+//! - [`peers`]: server-issued peer ids and the tokens publishes present (`--strict-peers`).
 //! - [`hub`]: channels, fan-out, history, presence; knows nothing of HTTP.
+//! - [`trim`]: hands freed memory back to the OS after many channels were removed.
 //! - [`sse`]: frame encoding; [`names`]: validated channel/type/peer names; [`assets`]: the
 //!   embedded pages.
 
@@ -24,11 +27,14 @@ pub mod http;
 pub mod hub;
 pub mod ice;
 pub mod limits;
+pub mod metrics;
 pub mod names;
+pub mod peers;
 pub mod server;
 pub mod shutdown;
 pub mod sse;
 pub mod tls;
+pub mod trim;
 
 use std::sync::Arc;
 
@@ -72,6 +78,7 @@ pub async fn run(
         },
         None => None,
     };
+    tokio::spawn(trim::run(hub.clone(), shutdown.clone()));
     let app = http::App::new(hub, config);
     server::serve(listeners.http, app, shutdown).await;
     if let Some(ice) = ice {

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    raise_open_file_limit();
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -108,6 +109,50 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Raises the open-file soft limit to the hard limit. Every connection is a file descriptor,
+/// and the usual soft default of 1024 would cap the server near 1000 connections, far below
+/// `--max-connections`; the hard limit is what the administrator actually allows.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open-file limit");
+        return;
+    }
+    let before = limit.rlim_cur;
+    // An unlimited hard limit cannot be used as a soft one: Linux refuses anything above
+    // fs.nr_open, so aim at that instead.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
+    let target = if limit.rlim_max == libc::RLIM_INFINITY {
+        nr_open
+    } else {
+        limit.rlim_max
+    };
+    if before < target {
+        limit.rlim_cur = target;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                soft = before,
+                "cannot raise the open-file limit; connections are capped near it"
+            );
+            return;
+        }
+    }
+    tracing::info!(
+        from = before,
+        to = limit.rlim_cur,
+        "open-file limit (each connection uses one)"
+    );
 }
 
 /// What a person needs at start-up: every URL, the certificate's fingerprint, and a QR code of

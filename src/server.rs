@@ -67,6 +67,10 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
                 let permit = match limits.try_acquire(peer.ip()) {
                     Ok(permit) => permit,
                     Err(refusal) => {
+                        app.metrics.refused(match refusal {
+                            ConnectionRefusal::Total(_) => "too_many_connections",
+                            ConnectionRefusal::PerIp(_) => "too_many_per_ip",
+                        });
                         if let Ok(slot) = refusals.clone().try_acquire_owned() {
                             let plain = app.config.tls.is_none();
                             tokio::spawn(async move {
@@ -78,10 +82,11 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
                     }
                 };
                 let watcher = graceful.watcher();
+                let open = app.metrics.connection_opened();
                 let served = connection(stream, peer, builder.clone(), watcher, app.clone());
                 tokio::spawn(async move {
                     served.await;
-                    drop(permit);
+                    drop((permit, open));
                 });
             }
         });

@@ -27,12 +27,22 @@ pub struct MessageTail(Vec<u8>);
 impl MessageTail {
     /// `event_type` must already be validated (no CR/LF/colon); `body` may be anything.
     pub fn new(event_type: &str, body: &str) -> Self {
+        Self::from_peer(event_type, body, None)
+    }
+
+    /// A message stamped with the verified sender: `{"message": "...", "from": "PEER"}`.
+    /// `message` stays first so clients that read only it are unaffected.
+    pub fn from_peer(event_type: &str, body: &str, from: Option<&str>) -> Self {
         // Escaping grows a body by a few bytes in the common case; reserve for that.
         let mut buf = Vec::with_capacity(event_type.len() + body.len() + body.len() / 8 + 40);
         buf.extend_from_slice(b"event: ");
         buf.extend_from_slice(event_type.as_bytes());
         buf.extend_from_slice(b"\ndata: {\"message\": ");
         serde_json::to_writer(&mut buf, body).expect("writing JSON to a Vec cannot fail");
+        if let Some(from) = from {
+            buf.extend_from_slice(b", \"from\": ");
+            serde_json::to_writer(&mut buf, from).expect("writing JSON to a Vec cannot fail");
+        }
         buf.extend_from_slice(b"}\n\n");
         MessageTail(buf)
     }
@@ -165,6 +175,18 @@ pub fn python_json(value: &serde_json::Value) -> String {
 pub fn presence_frame(subscribers: usize, peers: usize) -> Bytes {
     let data = format!(r#"{{"subscribers": {subscribers}, "peers": {peers}}}"#);
     event_frame(None, "presence", &data)
+}
+
+/// `event: welcome` with `{"peer": ID, "token": T}`, the first event of every stream: who this
+/// stream is, and the token its publishes present to be stamped `from` that peer. No id, so it
+/// never moves the client's `Last-Event-ID`.
+pub fn welcome_frame(peer: &str, token: &str) -> Bytes {
+    let data = format!(
+        r#"{{"peer": {}, "token": {}}}"#,
+        serde_json::Value::from(peer),
+        serde_json::Value::from(token)
+    );
+    event_frame(None, "welcome", &data)
 }
 
 /// `event: gap`: the client asked to resume after `last_event_id` but events after it are no

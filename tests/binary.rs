@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn start(args: &[&str]) -> (Guard, std::net::SocketAddr) {
-    start_binary(args)
+fn start(args: &[&str]) -> (Binary, std::net::SocketAddr) {
+    let binary = Binary::start(args);
+    let addr = binary.addr;
+    (binary, addr)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -31,7 +33,7 @@ async fn binary_serves_and_stops_cleanly_on_sigterm() {
         "{\"sdp\":1}"
     );
 
-    let pid = guard.0.id().to_string();
+    let pid = guard.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -39,7 +41,7 @@ async fn binary_serves_and_stops_cleanly_on_sigterm() {
         .success());
     let started = Instant::now();
     let status = loop {
-        if let Some(status) = guard.0.try_wait().unwrap() {
+        if let Some(status) = guard.child.try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -60,6 +62,7 @@ fn bad_flags_exit_2_with_a_reason() {
         &["--keepalive", "0"][..],
         &["--max-body", "0"][..],
         &["--ice-server", "http://x"][..],
+        &["--peer-secret", ""][..],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_sigrelay"))
             .args(args)

@@ -141,7 +141,8 @@ fn create_and_join_then_both_see_moving_video() {
     let Some(browsers) = Browsers::get("create_and_join") else {
         return;
     };
-    let server = Server::start(&[]);
+    // Strict peers: the call only works if the pages present their welcome tokens on every post.
+    let server = Server::start(&["--strict-peers"]);
     let creator = browsers.person("creator");
     let joiner = browsers.person("joiner");
 
@@ -210,9 +211,14 @@ fn create_and_join_then_both_see_moving_video() {
     assert_no_console_errors(&creator);
 }
 
-/// Makes the page leave without its `bye` beacon, as a crashed tab or a dropped network would.
+/// Makes the page leave without its `bye` (a beacon, or a keepalive fetch once the page has its
+/// peer token), as a crashed tab or a dropped network would.
 const SILENCE_GOODBYE: &str =
-    "Object.defineProperty(navigator, 'sendBeacon', { value: () => true }); return true;";
+    "Object.defineProperty(navigator, 'sendBeacon', { value: () => true });
+     const fetch = window.fetch;
+     window.fetch = (url, options) =>
+       options && options.keepalive ? Promise.resolve(new Response('{}')) : fetch(url, options);
+     return true;";
 
 fn wait_peer_left(person: &Person) {
     let after = person.wait_for("\"peer left\", waiting again", WAIT, |s| {

@@ -384,7 +384,7 @@ async fn a_dead_instance_stops_counting_once_its_heartbeat_expires() {
     let a = TestServer::with(move |c| c.redis = Some(settings)).await;
     // The other instance is a real process, killed with SIGKILL: no goodbye to Redis.
     let url = redis.url();
-    let (mut doomed, doomed_addr) = common::start_binary(&[
+    let mut doomed = common::Binary::start(&[
         "--bind",
         "127.0.0.1:0",
         "--no-qr",
@@ -394,7 +394,7 @@ async fn a_dead_instance_stops_counting_once_its_heartbeat_expires() {
         "0.2",
     ]);
     let mut alice = SseClient::connect(a.addr, "/stream?channel=ghost&peer=alice", &[]).await;
-    let bob = SseClient::connect(doomed_addr, "/stream?channel=ghost&peer=bob", &[]).await;
+    let bob = SseClient::connect(doomed.addr, "/stream?channel=ghost&peer=bob", &[]).await;
     assert_eq!(bob.status, 200);
     presence_reaches(&mut alice, (2, 2)).await;
     let carol = SseClient::connect(a.addr, "/stream?channel=ghost&peer=carol", &[]).await;
@@ -403,8 +403,8 @@ async fn a_dead_instance_stops_counting_once_its_heartbeat_expires() {
         "the room is full while bob's instance lives"
     );
 
-    doomed.0.kill().unwrap();
-    doomed.0.wait().unwrap();
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
     let died = Instant::now();
     presence_reaches(&mut alice, (1, 1)).await;
     let gone = died.elapsed();

@@ -259,6 +259,7 @@ async fn query_parameter_resume_and_gap_when_history_is_gone() {
 
     // A plain new subscriber gets only live events, as with flask-sse.
     let mut sub = server.subscribe("g").await;
+    sub.welcome().await;
     assert!(sub
         .next_within(Duration::from_millis(300))
         .await

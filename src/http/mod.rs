@@ -5,7 +5,7 @@
 //! - `stream.rs`  `GET /stream?channel=NAME` (Server-Sent Events)
 //! - `publish.rs` `POST /channel/send/NAME/TYPE`
 //! - `pages.rs`   `GET /`, `/r/ROOM`, `/assets/...`, `/config`, `/qr.svg`, the https redirect;
-//!   `/healthz` is answered here
+//!   `/healthz` and `/metrics` are answered here
 
 mod origin;
 mod pages;
@@ -23,6 +23,8 @@ use hyper::body::Incoming;
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::limits::RateLimiter;
+use crate::metrics::{self, Metrics};
+use crate::peers::PeerTokens;
 use crate::Config;
 
 /// Every response body: a whole buffer, or an endless SSE stream.
@@ -65,15 +67,22 @@ pub struct App {
     pub config: Arc<Config>,
     /// Publishes per client address.
     pub post_limiter: Arc<RateLimiter>,
+    pub metrics: Arc<Metrics>,
+    /// Signs the peer tokens streams hand out and checks the ones publishes present.
+    pub peers: Arc<PeerTokens>,
 }
 
 impl App {
     pub fn new(hub: Arc<Hub>, config: Arc<Config>) -> Self {
         let post_limiter = Arc::new(RateLimiter::new(config.post_rate, config.post_burst));
+        let metrics = Arc::new(Metrics::new(hub.counters_handle()));
+        let peers = Arc::new(PeerTokens::new(&config.peer_secret));
         App {
             hub,
             config,
             post_limiter,
+            metrics,
+            peers,
         }
     }
 
@@ -100,19 +109,40 @@ impl App {
         response
     }
 
+    /// `GET /metrics`: Prometheus text, counts only (no label ever carries a room name).
+    fn metrics_page(&self) -> Response<Body> {
+        let mut response = Response::new(full(self.metrics.render(&self.hub)));
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(metrics::CONTENT_TYPE),
+        );
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        response
+    }
+
     /// The service: route, run, and map errors. Never fails at the hyper level.
     pub async fn handle(
         self,
         req: Request<Incoming>,
         client: Client,
     ) -> Result<Response<Body>, Infallible> {
+        let started = std::time::Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let result = match client.transport {
             Transport::PlainOnTlsPort => pages::to_https(&req),
             Transport::Plain | Transport::Tls => self.route(req, client).await,
         };
-        let response = result.unwrap_or_else(ApiError::into_response);
+        let response = result.unwrap_or_else(|e| {
+            self.metrics.refused(e.reason());
+            e.into_response()
+        });
+        self.metrics
+            .observe(metrics::route_of(&path), started.elapsed());
         tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
         Ok(response)
     }
@@ -163,6 +193,7 @@ impl App {
             "/" => pages::file("index.html", &req),
             "/config" => pages::client_config(&self.config.ice, &req),
             "/healthz" => Ok(self.health()),
+            "/metrics" => Ok(self.metrics_page()),
             "/qr.svg" => pages::qr_svg(&req),
             _ if path.starts_with("/r/") => pages::room(&path[3..], &req),
             _ if path.starts_with("/assets/") => pages::file(&path[8..], &req),

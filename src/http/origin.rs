@@ -90,7 +90,7 @@ pub fn preflight(verdict: &Verdict, methods: &'static str) -> Response<Body> {
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type, last-event-id"),
+        HeaderValue::from_static("content-type, last-event-id, x-sigrelay-peer, x-sigrelay-token"),
     );
     headers.insert(
         header::ACCESS_CONTROL_MAX_AGE,

@@ -1,13 +1,13 @@
 //! `POST /channel/send/NAME/TYPE`: validates the target and body, publishes, and answers
 //! `{"id": N, "subscribers": N}`. Nothing invalid is ever broadcast.
 
-use http::{header, Request, Response};
+use http::{header, HeaderMap, Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use super::{pages, App, Body};
 use crate::error::ApiError;
-use crate::names::{percent_decode, ChannelName, EventType};
+use crate::names::{percent_decode, ChannelName, EventType, PeerId};
 use crate::sse::MessageTail;
 
 /// `rest` is the path after `/channel/send/`: exactly `NAME/TYPE`, each percent-decoded.
@@ -22,6 +22,7 @@ pub async fn publish(
         .ok_or_else(|| ApiError::BadRequest("expected /channel/send/NAME/TYPE".into()))?;
     let channel = ChannelName::parse(&percent_decode(raw_channel, false)?)?;
     let event_type = EventType::parse(&percent_decode(raw_type, false)?)?;
+    let from = sender(app, &channel, req.headers())?;
 
     let max = app.config.max_body;
     // Refuse a declared oversize body before reading a byte of it.
@@ -51,8 +52,9 @@ pub async fn publish(
     let body = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
 
-    let tail = MessageTail::new(event_type.as_str(), body);
+    let tail = MessageTail::from_peer(event_type.as_str(), body, from.as_ref().map(PeerId::as_str));
     let published = app.hub.publish(&channel, &tail).await?;
+    app.metrics.published();
     Ok(pages::json(
         format!(
             "{{\"id\": {}, \"subscribers\": {}}}\n",
@@ -60,4 +62,43 @@ pub async fn publish(
         )
         .into(),
     ))
+}
+
+/// The verified sender of a publish: the peer whose token (from its stream's `welcome` event)
+/// came in `X-Sigrelay-Peer` / `X-Sigrelay-Token`. Anonymous is allowed unless
+/// `--strict-peers`; a token that does not fit the channel is refused either way, so a client
+/// that believes it is identified never has its events go out unstamped.
+fn sender(
+    app: &App,
+    channel: &ChannelName,
+    headers: &HeaderMap,
+) -> Result<Option<PeerId>, ApiError> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| ApiError::BadRequest(format!("{name} is not ASCII")))
+            })
+            .transpose()
+    };
+    match (text("x-sigrelay-peer")?, text("x-sigrelay-token")?) {
+        (None, None) if app.config.strict_peers => Err(ApiError::PeerRefused(
+            "a peer token for this channel is required",
+        )),
+        (None, None) => Ok(None),
+        (Some(peer), Some(token)) => {
+            let peer = PeerId::parse(peer)?;
+            if app.peers.verify(channel, &peer, token) {
+                Ok(Some(peer))
+            } else {
+                Err(ApiError::PeerRefused(
+                    "the peer token is not valid for this channel",
+                ))
+            }
+        }
+        _ => Err(ApiError::BadRequest(
+            "X-Sigrelay-Peer and X-Sigrelay-Token must be sent together".into(),
+        )),
+    }
 }

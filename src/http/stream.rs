@@ -14,10 +14,14 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
+use std::sync::Arc;
+
 use super::{App, Body};
 use crate::error::ApiError;
 use crate::hub::{StartAt, Subscription};
+use crate::metrics::Metrics;
 use crate::names::{query_pairs, ChannelName, PeerId};
+use crate::peers::random_peer;
 use crate::sse;
 
 /// flask-sse's channel when a request names none.
@@ -54,11 +58,18 @@ pub async fn subscribe<B>(app: &App, req: &Request<B>) -> Result<Response<Body>,
         None => StartAt::Live,
     };
 
+    // The stream's identity: the peer id the client chose (validated above), or a fresh one.
+    let identity = peer.clone().unwrap_or_else(random_peer);
+    let welcome = sse::welcome_frame(identity.as_str(), &app.peers.issue(&channel, &identity));
     let subscription = app.hub.subscribe(&channel, start, peer).await?;
+    // Preamble and welcome in one chunk: one write, and `welcome` is always the first event.
+    let mut first = sse::preamble(app.config.retry_ms).to_vec();
+    first.extend_from_slice(&welcome);
     let body = sse_body(
         subscription,
-        sse::preamble(app.config.retry_ms),
+        first.into(),
         app.config.keepalive,
+        app.metrics.clone(),
     );
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -79,24 +90,37 @@ struct StreamState {
     /// One timer per stream, re-armed only when it fires: a comment every `keepalive` whatever
     /// the traffic, instead of a new timer for every frame on a busy stream.
     keepalive_timer: Pin<Box<tokio::time::Sleep>>,
+    metrics: Arc<Metrics>,
 }
 
-fn sse_body(subscription: Subscription, preamble: Bytes, keepalive: Duration) -> Body {
+fn sse_body(
+    subscription: Subscription,
+    preamble: Bytes,
+    keepalive: Duration,
+    metrics: Arc<Metrics>,
+) -> Body {
     let state = StreamState {
         subscription,
         preamble: Some(preamble),
         keepalive,
         keepalive_timer: Box::pin(tokio::time::sleep(keepalive)),
+        metrics,
     };
     let frames = stream::unfold(state, |mut state| async move {
         if let Some(preamble) = state.preamble.take() {
+            state.metrics.stream_bytes(preamble.len());
             return Some((Ok::<_, Infallible>(Frame::data(preamble)), state));
         }
         let frame = tokio::select! {
-            frame = state.subscription.recv() => frame?,
+            frame = state.subscription.recv() => {
+                let frame = frame?;
+                state.metrics.delivered(frame.len());
+                frame
+            }
             _ = &mut state.keepalive_timer => {
                 let next = tokio::time::Instant::now() + state.keepalive;
                 state.keepalive_timer.as_mut().reset(next);
+                state.metrics.stream_bytes(sse::KEEPALIVE.len());
                 sse::KEEPALIVE
             }
         };

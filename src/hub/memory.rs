@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::{Event, HubError, Published, StartAt};
+use super::{Event, HubCounters, HubError, Published, StartAt};
 use crate::names::{ChannelName, PeerId};
 use crate::sse;
 
@@ -78,10 +78,13 @@ pub struct Hub {
     /// Relay mode (`--redis`): where ending subscriptions report their channel. `None` when this
     /// hub is the whole story.
     relay: Option<mpsc::UnboundedSender<ChannelName>>,
+    /// Replays and gaps, for `/metrics`; every channel holds a clone to count its own.
+    counters: Arc<HubCounters>,
 }
 
 struct Channel {
     name: ChannelName,
+    counters: Arc<HubCounters>,
     tx: broadcast::Sender<Event>,
     state: Mutex<ChannelState>,
 }
@@ -185,6 +188,7 @@ impl Hub {
             next_subscription: AtomicU64::new(1),
             channels: AtomicU64::new(0),
             relay,
+            counters: Arc::default(),
         }
     }
 
@@ -223,6 +227,7 @@ impl Hub {
         };
         let chan = Arc::new(Channel {
             name: name.clone(),
+            counters: self.counters.clone(),
             tx,
             state: Mutex::new(ChannelState {
                 history: VecDeque::new(),
@@ -390,7 +395,14 @@ impl Hub {
             Some(StartAt::Live) => newest,
             Some(StartAt::After(raw)) => {
                 let after = resume_point(&raw, newest);
-                replay_since(state.floor, state.history.iter(), after, &raw, &mut pending)
+                replay_since(
+                    state.floor,
+                    state.history.iter(),
+                    after,
+                    &raw,
+                    &mut pending,
+                    &chan.counters,
+                )
             }
         };
         if self.relay.is_none() {
@@ -448,6 +460,11 @@ impl Hub {
                 _ = tick.tick() => { self.reap_idle(); }
             }
         }
+    }
+
+    /// Replay and gap totals since start, shared (`/metrics` keeps a handle).
+    pub fn counters_handle(&self) -> Arc<HubCounters> {
+        self.counters.clone()
     }
 
     /// Channels currently in the map (with or without subscribers).
@@ -532,6 +549,7 @@ impl Subscription {
             Some(last),
             &last.to_string(),
             &mut self.pending,
+            &self.channel.counters,
         );
         // Presence events are not kept in history; repeat the latest one.
         if let Some(frame) = state.presence.clone() {
@@ -593,10 +611,12 @@ pub(super) fn replay_since<'a>(
     after: Option<u64>,
     reported: &str,
     pending: &mut VecDeque<Event>,
+    counters: &HubCounters,
 ) -> u64 {
     let after = match after {
         Some(id) if id >= floor => id,
         _ => {
+            counters.gaps.fetch_add(1, Ordering::Relaxed);
             pending.push_back(Event {
                 id: Some(floor),
                 frame: sse::gap_frame(reported, floor),
@@ -604,11 +624,14 @@ pub(super) fn replay_since<'a>(
             floor
         }
     };
+    let before = pending.len();
     pending.extend(
         history
             .filter(|e| e.id.is_some_and(|id| id > after))
             .cloned(),
     );
+    let replayed = (pending.len() - before) as u64;
+    counters.replayed.fetch_add(replayed, Ordering::Relaxed);
     after
 }
 

@@ -15,6 +15,8 @@ pub use redis::{RedisFormat, RedisSettings};
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +89,11 @@ impl Hub {
             Hub::Memory(hub) => hub,
             Hub::Redis(hub) => hub.local(),
         }
+    }
+
+    /// Replay and gap counts for `/metrics` (this instance's streams).
+    pub fn counters_handle(&self) -> Arc<HubCounters> {
+        self.local().counters_handle()
     }
 
     /// Channels this instance holds.
@@ -186,3 +193,23 @@ impl std::fmt::Display for HubError {
 }
 
 impl std::error::Error for HubError {}
+
+/// Running totals the hub alone can see, read by `/metrics` at scrape time. Plain atomics, so
+/// the hub stays free of any metrics library.
+#[derive(Debug, Default)]
+pub struct HubCounters {
+    /// Events sent to a subscriber from history (a `Last-Event-ID` resume, or a lag recovered).
+    pub replayed: AtomicU64,
+    /// `gap` events: a subscriber was told events it wanted are no longer kept.
+    pub gaps: AtomicU64,
+}
+
+impl HubCounters {
+    pub fn replayed(&self) -> u64 {
+        self.replayed.load(Ordering::Relaxed)
+    }
+
+    pub fn gaps(&self) -> u64 {
+        self.gaps.load(Ordering::Relaxed)
+    }
+}

@@ -406,7 +406,9 @@ impl RedisHub {
             StartAt::After(raw) => {
                 let mut pending = VecDeque::new();
                 let after = resume_point(&raw, newest);
-                let last = replay_since(floor, history.iter(), after, &raw, &mut pending);
+                let counters = self.local.counters_handle();
+                let last =
+                    replay_since(floor, history.iter(), after, &raw, &mut pending, &counters);
                 subscription.start_with(pending, last);
             }
         }

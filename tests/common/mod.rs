@@ -15,39 +15,53 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// A child process (the real binary) killed by its PID if the test ends before it exits.
-pub struct Guard(pub std::process::Child);
+/// The real executable, started with `args`, killed (by its PID) on drop.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
 
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Binary {
+    /// Starts the binary and reads the address it printed (pass `--bind 127.0.0.1:0`).
+    pub fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sigrelay"))
+            .args(args)
+            .env_remove("SIGRELAY_BIND")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let deadline = std::time::Instant::now() + WAIT;
+        let addr = loop {
+            assert!(std::time::Instant::now() < deadline, "no URL printed");
+            let line = lines.next().expect("banner").unwrap();
+            if let Some(url) = line.trim().strip_prefix("http://") {
+                break url.trim_end_matches('/').parse().unwrap();
+            }
+        };
+        Binary { child, addr }
+    }
+
+    /// The server's resident memory now, KiB (VmRSS in /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server is running");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
     }
 }
 
-/// Starts `target/debug/sigrelay` with `args` and reads the first `http://` URL of its banner.
-pub fn start_binary(args: &[&str]) -> (Guard, SocketAddr) {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sigrelay"))
-        .args(args)
-        .env_remove("SIGRELAY_BIND")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let guard = Guard(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = std::time::Instant::now() + WAIT;
-    let addr = loop {
-        assert!(std::time::Instant::now() < deadline, "no URL printed");
-        let line = lines.next().expect("banner").unwrap();
-        if let Some(url) = line.trim().strip_prefix("http://") {
-            break url.trim_end_matches('/').parse().unwrap();
-        }
-    };
-    (guard, addr)
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Bound for every wait in these tests.
@@ -292,14 +306,33 @@ impl SseClient {
         Some(event)
     }
 
-    /// The next event that is not `presence`.
+    /// The next event that is not `presence` or `welcome`.
     pub async fn next_message(&mut self) -> Option<Event> {
         loop {
             let event = self.next().await?;
-            if event.event != "presence" {
+            if event.event != "presence" && event.event != "welcome" {
                 return Some(event);
             }
         }
+    }
+
+    /// The stream's first event, `welcome`: (peer id, token).
+    pub async fn welcome(&mut self) -> (String, String) {
+        let event = self.next().await.expect("a welcome event");
+        assert_eq!(event.event, "welcome", "{event:?}");
+        let v: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+        (
+            v["peer"].as_str().unwrap().to_owned(),
+            v["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// The next message (not presence or welcome) within `limit`, or `None`.
+    pub async fn next_message_within(&mut self, limit: Duration) -> Option<Event> {
+        tokio::time::timeout(limit, self.next_message())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next `presence` event's subscriber count.
