@@ -21,6 +21,8 @@ pub enum NameError {
     Empty(&'static str),
     TooLong(&'static str, usize),
     BadCharacter(&'static str, &'static str),
+    /// The target does not have the expected shape; the text says which.
+    Malformed(&'static str),
 }
 
 impl fmt::Display for NameError {
@@ -32,6 +34,7 @@ impl fmt::Display for NameError {
             NameError::BadCharacter(what, allowed) => {
                 write!(f, "{what} may only contain {allowed}")
             }
+            NameError::Malformed(expected) => write!(f, "expected {expected}"),
         }
     }
 }
@@ -191,6 +194,68 @@ pub fn query_value(query: &str, key: &str) -> Result<Option<String>, NameError> 
         }
     }
     Ok(found)
+}
+
+/// The target of a publish: `NAME/TYPE` after `/channel/send/`, each segment percent-decoded
+/// and validated. Pure, so it can be fuzzed without a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishTarget {
+    pub channel: ChannelName,
+    pub event_type: EventType,
+}
+
+impl PublishTarget {
+    /// `rest` is the path after `/channel/send/`.
+    pub fn parse(rest: &str) -> Result<Self, NameError> {
+        let (raw_channel, raw_type) = rest
+            .split_once('/')
+            .filter(|(_, t)| !t.contains('/'))
+            .ok_or(NameError::Malformed("/channel/send/NAME/TYPE"))?;
+        Ok(PublishTarget {
+            channel: ChannelName::parse(&percent_decode(raw_channel, false)?)?,
+            event_type: EventType::parse(&percent_decode(raw_type, false)?)?,
+        })
+    }
+}
+
+/// flask-sse's channel when a stream names none.
+pub const DEFAULT_CHANNEL: &str = "sse";
+
+/// What a `GET /stream?...` query asks for. Unknown parameters (cache-busters) are ignored;
+/// a pair that fails to decode, or a bad name, is an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamQuery {
+    pub channel: ChannelName,
+    pub peer: Option<PeerId>,
+    /// `lastEventId=`, for a first connect that resumes; the header wins over it.
+    pub last_event_id: Option<String>,
+}
+
+impl StreamQuery {
+    pub fn parse(query: &str) -> Result<Self, NameError> {
+        let mut channel = None;
+        let mut peer = None;
+        let mut last_event_id = None;
+        for pair in query_pairs(query) {
+            let (key, value) = pair?;
+            match key.as_str() {
+                "channel" => channel = Some(value),
+                "peer" => peer = Some(PeerId::parse(&value)?),
+                "lastEventId" => last_event_id = Some(value),
+                _ => {}
+            }
+        }
+        // flask-sse falls back to the channel "sse" when none (or an empty one) is given.
+        let channel = match channel.as_deref() {
+            None | Some("") => ChannelName::parse(DEFAULT_CHANNEL)?,
+            Some(name) => ChannelName::parse(name)?,
+        };
+        Ok(StreamQuery {
+            channel,
+            peer,
+            last_event_id,
+        })
+    }
 }
 
 #[cfg(test)]

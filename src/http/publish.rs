@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 
 use super::{pages, App, Body};
 use crate::error::ApiError;
-use crate::names::{percent_decode, ChannelName, EventType, PeerId};
+use crate::names::{ChannelName, PeerId, PublishTarget};
 use crate::sse::MessageTail;
 
 /// `rest` is the path after `/channel/send/`: exactly `NAME/TYPE`, each percent-decoded.
@@ -16,12 +16,10 @@ pub async fn publish(
     rest: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (raw_channel, raw_type) = rest
-        .split_once('/')
-        .filter(|(_, t)| !t.contains('/'))
-        .ok_or_else(|| ApiError::BadRequest("expected /channel/send/NAME/TYPE".into()))?;
-    let channel = ChannelName::parse(&percent_decode(raw_channel, false)?)?;
-    let event_type = EventType::parse(&percent_decode(raw_type, false)?)?;
+    let PublishTarget {
+        channel,
+        event_type,
+    } = PublishTarget::parse(rest)?;
     let from = sender(app, &channel, req.headers())?;
 
     let max = app.config.max_body;

@@ -20,32 +20,16 @@ use super::{App, Body};
 use crate::error::ApiError;
 use crate::hub::{StartAt, Subscription};
 use crate::metrics::Metrics;
-use crate::names::{query_pairs, ChannelName, PeerId};
+use crate::names::StreamQuery;
 use crate::peers::random_peer;
 use crate::sse;
 
-/// flask-sse's channel when a request names none.
-const DEFAULT_CHANNEL: &str = "sse";
-
 pub async fn subscribe<B>(app: &App, req: &Request<B>) -> Result<Response<Body>, ApiError> {
-    let mut channel = None;
-    let mut peer = None;
-    let mut last_event_id = None;
-    for pair in query_pairs(req.uri().query().unwrap_or("")) {
-        let (key, value) = pair?;
-        match key.as_str() {
-            "channel" => channel = Some(value),
-            "peer" => peer = Some(PeerId::parse(&value)?),
-            "lastEventId" => last_event_id = Some(value),
-            // Cache-busters and the like are harmless; ignore unknown parameters.
-            _ => {}
-        }
-    }
-    // flask-sse falls back to the channel "sse" when none (or an empty one) is given.
-    let channel = match channel.as_deref() {
-        None | Some("") => ChannelName::parse(DEFAULT_CHANNEL)?,
-        Some(name) => ChannelName::parse(name)?,
-    };
+    let StreamQuery {
+        channel,
+        peer,
+        mut last_event_id,
+    } = StreamQuery::parse(req.uri().query().unwrap_or(""))?;
     // The header (set by EventSource on reconnect) wins over the first-connect parameter.
     if let Some(header) = req.headers().get("last-event-id") {
         let value = header
