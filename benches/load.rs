@@ -596,9 +596,17 @@ async fn latency(t: &Target, o: &Opts, rows: &mut Rows) {
     let start = now_us() + 100_000;
     let k = o.pub_conns as u64;
     let lateness: Arc<Mutex<Vec<u64>>> = Arc::default();
+    // The schedule is kept by one OS thread sleeping to each send time (the kernel's
+    // high-resolution sleep; tokio's timer ticks in whole ms) and handing the message to its
+    // connection's task. Spinning instead would take the cores the server needs.
+    let rate = o.rate;
+    let send_time = move |i: u64| start + (i as f64 * 1e6 / rate) as u64;
+    let mut queues = Vec::new();
     let mut tasks = Vec::new();
-    for c in 0..k {
-        let (t2, ps, p, rate) = (t.publ.clone(), ps.clone(), p.clone(), o.rate);
+    for _ in 0..k {
+        let (queue, mut due) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        queues.push(queue);
+        let (t2, ps, p) = (t.publ.clone(), ps.clone(), p.clone());
         let lateness = lateness.clone();
         tasks.push(tokio::spawn(async move {
             let mut tx = Publisher {
@@ -606,27 +614,28 @@ async fn latency(t: &Target, o: &Opts, rows: &mut Rows) {
                 tx: None,
                 stats: ps,
             };
-            let mut i = c;
             let mut late: Vec<u64> = Vec::new();
-            while i < total {
-                let at = start + (i as f64 * 1e6 / rate) as u64;
-                // tokio's timer ticks in whole ms: sleep to 1.5 ms before, then yield-spin
-                // (bounded by the schedule itself) so sends leave on time.
-                let now = now_us();
-                if at > now + 1500 {
-                    tokio::time::sleep(Duration::from_micros(at - now - 1500)).await;
-                }
-                while now_us() < at {
-                    tokio::task::yield_now().await;
-                }
-                late.push(now_us() - at);
+            while let Some(i) = due.recv().await {
+                let at = send_time(i);
+                late.push(now_us().saturating_sub(at));
                 let path = t2.path(&format!("{p}{}", i % rooms as u64), "ice1");
                 tx.publish(&path, body(i, at)).await;
-                i += k;
             }
             lateness.lock().unwrap().extend(late);
         }));
     }
+    let pacer = std::thread::spawn(move || {
+        for i in 0..total {
+            let at = send_time(i);
+            let now = now_us();
+            if at > now {
+                std::thread::sleep(Duration::from_micros(at - now));
+            }
+            let _ = queues[(i % k) as usize].send(i);
+        }
+        // Dropping the queues ends the publisher tasks once they have sent everything.
+    });
+    let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
     for task in tasks {
         let _ = task.await;
     }

@@ -34,6 +34,8 @@ pub enum ApiError {
     TooManyChannels(String),
     /// The relay cannot take this now (Redis unreachable); retry.
     Unavailable(String),
+    /// A request head over the size or header-count limit (read outside hyper, `direct.rs`).
+    HeadTooLarge,
 }
 
 impl From<NameError> for ApiError {
@@ -68,6 +70,7 @@ impl ApiError {
             }
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -85,6 +88,7 @@ impl ApiError {
             ApiError::RoomFull(_) => "room is full".into(),
             ApiError::TooManyRequests(_) => "too many messages from this address; slow down".into(),
             ApiError::BodyTimeout => "the body took too long to arrive".into(),
+            ApiError::HeadTooLarge => "request head too large".into(),
         }
     }
 
@@ -103,6 +107,7 @@ impl ApiError {
             ApiError::ChannelFull(_) => "too_many_subscribers",
             ApiError::TooManyChannels(_) => "too_many_channels",
             ApiError::Unavailable(_) => "backend_unavailable",
+            ApiError::HeadTooLarge => "head_too_large",
         }
     }
 

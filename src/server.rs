@@ -13,6 +13,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::http::direct::{self, Sniffed};
 use crate::http::{App, Client, Transport};
 use crate::limits::{ConnectionLimits, ConnectionRefusal};
 
@@ -113,8 +114,7 @@ const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 /// Turns away a connection over a limit: a one-line JSON answer where the client speaks plain
 /// HTTP (we cannot know before reading, so it is written blind and the socket closed), or just
 /// a close on a TLS port.
-async fn refuse(mut stream: TcpStream, refusal: ConnectionRefusal, plain: bool) {
-    use tokio::io::AsyncWriteExt;
+async fn refuse(stream: TcpStream, refusal: ConnectionRefusal, plain: bool) {
     let (status, reason) = match refusal {
         ConnectionRefusal::Total(max) => (
             "503 Service Unavailable",
@@ -132,17 +132,7 @@ async fn refuse(mut stream: TcpStream, refusal: ConnectionRefusal, plain: bool) 
             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );
-        let write = async {
-            use tokio::io::AsyncReadExt;
-            stream.write_all(response.as_bytes()).await?;
-            stream.shutdown().await?;
-            // Read what the client sent before closing: closing with unread data makes the
-            // kernel send a reset, which can destroy the answer before the client reads it.
-            let mut sink = [0u8; 1024];
-            while stream.read(&mut sink).await? > 0 {}
-            Ok::<_, std::io::Error>(())
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+        direct::answer_and_close(stream, response.as_bytes()).await;
     }
 }
 
@@ -156,8 +146,48 @@ async fn connection(
     app: App,
 ) {
     let Some(tls) = app.config.tls.clone() else {
-        return serve_io(stream, peer, &builder, watcher, app, Transport::Plain).await;
+        return plain_connection(stream, peer, builder, watcher, app).await;
     };
+    // Boxed, like hyper's connections below: every connection's task is sized for its largest
+    // state, and an idle SSE stream's (served directly) is far smaller than a TLS handshake's.
+    Box::pin(tls_connection(stream, peer, builder, watcher, app, tls)).await
+}
+
+/// Plain http: a first request for `/stream` is served on the socket directly (small idle
+/// streams, `http::direct`); anything else goes to hyper.
+async fn plain_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    app: App,
+) {
+    match direct::sniff(&stream, app.config.header_timeout).await {
+        Sniffed::Stream => {
+            let client = Client {
+                addr: peer,
+                transport: Transport::Plain,
+            };
+            direct::serve(stream, client, app).await;
+            // Held until here so that a graceful shutdown waits for the stream to end too.
+            drop(watcher);
+        }
+        Sniffed::Other => {
+            let transport = Transport::Plain;
+            Box::pin(serve_io(stream, peer, &builder, watcher, app, transport)).await
+        }
+        Sniffed::Gone => {}
+    }
+}
+
+async fn tls_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    app: App,
+    tls: crate::tls::Tls,
+) {
     let limit = app.config.header_timeout;
     let mut first = [0u8; 1];
     match tokio::time::timeout(limit, stream.peek(&mut first)).await {
@@ -165,15 +195,8 @@ async fn connection(
         _ => return,
     }
     if first[0] != 0x16 {
-        return serve_io(
-            stream,
-            peer,
-            &builder,
-            watcher,
-            app,
-            Transport::PlainOnTlsPort,
-        )
-        .await;
+        let transport = Transport::PlainOnTlsPort;
+        return serve_io(stream, peer, &builder, watcher, app, transport).await;
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
     match tokio::time::timeout(limit, acceptor.accept(stream)).await {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::future::join_all;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_exact_framing_and_headers() {
@@ -452,4 +454,72 @@ async fn methods_paths_and_pages() {
     }
     let config = server.get("/config").await;
     assert_eq!(config.json(), serde_json::json!({ "iceServers": [] }));
+}
+
+/// A connection's first request for `/stream` is served outside hyper (`http::direct`):
+/// close-delimited, with the same events and the same JSON refusals; behind another request
+/// on a keep-alive connection, hyper serves it (chunked). A head that arrives in pieces is
+/// still recognised.
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_served_directly_and_through_hyper_say_the_same() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let direct = raw(
+        addr,
+        b"GET /stream?channel=direct&peer=alice HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&direct), 200, "{direct}");
+    assert!(
+        direct.contains("content-type: text/event-stream\r\n"),
+        "{direct}"
+    );
+    assert!(direct.contains("connection: close\r\n"), "{direct}");
+    assert!(!direct.contains("transfer-encoding"), "{direct}");
+    assert!(
+        direct.contains("event: welcome\ndata: {\"peer\": \"alice\""),
+        "{direct}"
+    );
+
+    for (request, status) in [
+        (
+            &b"GET /stream?channel=a%20b HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            400,
+        ),
+        (b"GET /stream?channel=a HTTP/1.1\r\n\r\n", 400),
+        (
+            b"GET /stream?channel=a HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n\r\n",
+            403,
+        ),
+        (b"GET /stream?channel=a HTTP/1.1\r\nHo\0st: x\r\n\r\n", 400),
+    ] {
+        let refused = raw(addr, request).await;
+        assert_eq!(status_of(&refused), status, "{refused}");
+        assert!(refused.contains("application/json"), "{refused}");
+        assert!(refused.contains("{\"error\":"), "{refused}");
+    }
+
+    let behind = raw(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /stream?channel=direct HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(behind.contains("transfer-encoding: chunked"), "{behind}");
+    assert!(behind.contains("event: welcome"), "{behind}");
+
+    let mut pieces = TcpStream::connect(addr).await.unwrap();
+    pieces.write_all(b"GE").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    pieces
+        .write_all(b"T /stream?channel=direct HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), pieces.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
 }

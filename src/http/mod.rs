@@ -3,10 +3,13 @@
 //!
 //! - `origin.rs`  who may use the relay endpoints from a browser (403 / CORS)
 //! - `stream.rs`  `GET /stream?channel=NAME` (Server-Sent Events)
+//! - `direct.rs`  the same, served on the socket outside hyper for plain-http connections whose
+//!   first request it is (small idle streams, one `writev` per batch of frames)
 //! - `publish.rs` `POST /channel/send/NAME/TYPE`
 //! - `pages.rs`   `GET /`, `/r/ROOM`, `/assets/...`, `/config`, `/qr.svg`, the https redirect;
 //!   `/healthz` and `/metrics` are answered here
 
+pub mod direct;
 mod origin;
 mod pages;
 mod publish;
@@ -124,6 +127,22 @@ impl App {
         response
     }
 
+    /// `GET /stream` for `direct.rs`: the checks `route` makes for it, and the response head's
+    /// headers, for a stream served outside hyper.
+    pub async fn open_stream(
+        &self,
+        req: &Request<()>,
+        client: Client,
+    ) -> Result<(http::HeaderMap, stream::OpenStream), ApiError> {
+        require_host(req)?;
+        let verdict = origin::check(req, client.transport, &self.config.cors_origins)?;
+        let open = stream::open(self, req).await?;
+        let mut headers = http::HeaderMap::new();
+        stream::stream_headers(&mut headers);
+        origin::decorate(&mut headers, &verdict);
+        Ok((headers, open))
+    }
+
     /// The service: route, run, and map errors. Never fails at the hyper level.
     pub async fn handle(
         self,
@@ -153,13 +172,7 @@ impl App {
         client: Client,
     ) -> Result<Response<Body>, ApiError> {
         let transport = client.transport;
-        // RFC 9112 3.2: an HTTP/1.1 request without Host is malformed. (HTTP/2 carries
-        // :authority instead; HTTP/1.0 predates Host.)
-        if req.version() == http::Version::HTTP_11
-            && !req.headers().contains_key(http::header::HOST)
-        {
-            return Err(ApiError::BadRequest("missing Host header".into()));
-        }
+        require_host(&req)?;
         let path = req.uri().path();
         let is_get = matches!(*req.method(), Method::GET | Method::HEAD);
 
@@ -208,4 +221,13 @@ impl App {
         }
         page
     }
+}
+
+/// RFC 9112 3.2: an HTTP/1.1 request without Host is malformed. (HTTP/2 carries :authority
+/// instead; HTTP/1.0 predates Host.)
+fn require_host<B>(req: &Request<B>) -> Result<(), ApiError> {
+    if req.version() == http::Version::HTTP_11 && !req.headers().contains_key(http::header::HOST) {
+        return Err(ApiError::BadRequest("missing Host header".into()));
+    }
+    Ok(())
 }

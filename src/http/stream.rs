@@ -24,7 +24,15 @@ use crate::names::StreamQuery;
 use crate::peers::random_peer;
 use crate::sse;
 
-pub async fn subscribe<B>(app: &App, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+/// An accepted subscription and the first bytes of its stream (preamble and `welcome`),
+/// before it is wrapped in a hyper body or served on the socket directly (`direct.rs`).
+pub struct OpenStream {
+    pub subscription: Subscription,
+    pub first: Bytes,
+}
+
+/// Everything `GET /stream` checks and sets up, shared by both ways of serving it.
+pub async fn open<B>(app: &App, req: &Request<B>) -> Result<OpenStream, ApiError> {
     let StreamQuery {
         channel,
         peer,
@@ -49,14 +57,14 @@ pub async fn subscribe<B>(app: &App, req: &Request<B>) -> Result<Response<Body>,
     // Preamble and welcome in one chunk: one write, and `welcome` is always the first event.
     let mut first = sse::preamble(app.config.retry_ms).to_vec();
     first.extend_from_slice(&welcome);
-    let body = sse_body(
+    Ok(OpenStream {
         subscription,
-        first.into(),
-        app.config.keepalive,
-        app.metrics.clone(),
-    );
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
+        first: first.into(),
+    })
+}
+
+/// The headers of every event stream.
+pub fn stream_headers(headers: &mut http::HeaderMap) {
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
@@ -64,6 +72,22 @@ pub async fn subscribe<B>(app: &App, req: &Request<B>) -> Result<Response<Body>,
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx (and proxies that copy it) not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+}
+
+/// `GET /stream` through hyper: the stream as a chunked response body.
+pub async fn subscribe<B>(app: &App, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+    let OpenStream {
+        subscription,
+        first,
+    } = open(app, req).await?;
+    let body = sse_body(
+        subscription,
+        first,
+        app.config.keepalive,
+        app.metrics.clone(),
+    );
+    let mut response = Response::new(body);
+    stream_headers(response.headers_mut());
     Ok(response)
 }
 

@@ -521,12 +521,10 @@ impl Subscription {
                 received = self.rx.recv() => received,
             };
             match received {
-                Ok(Event { id: Some(id), .. }) if id <= self.last_id => continue,
                 Ok(event) => {
-                    if let Some(id) = event.id {
-                        self.last_id = id;
+                    if let Some(frame) = self.accept(event) {
+                        return Some(frame);
                     }
-                    return Some(event.frame);
                 }
                 Err(broadcast::error::RecvError::Lagged(skipped)) => {
                     tracing::debug!(channel = %self.channel.name, skipped, "subscriber lagged; resuming from history");
@@ -535,6 +533,41 @@ impl Subscription {
                 // The sender lives in the channel we hold, so this cannot happen; end cleanly.
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
+        }
+    }
+
+    /// The next frame if one is ready now, without waiting: lets a writer gather every ready
+    /// frame into one write. `None` means nothing is ready (or the stream is ending, which the
+    /// next [`Subscription::recv`] reports).
+    pub fn try_recv(&mut self) -> Option<bytes::Bytes> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                if let Some(id) = event.id {
+                    self.last_id = self.last_id.max(id);
+                }
+                return Some(event.frame);
+            }
+            match self.rx.try_recv() {
+                Ok(event) => {
+                    if let Some(frame) = self.accept(event) {
+                        return Some(frame);
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => self.resume_from_history(),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// A live event's frame, or `None` for a duplicate of one already replayed.
+    fn accept(&mut self, event: Event) -> Option<bytes::Bytes> {
+        match event.id {
+            Some(id) if id <= self.last_id => None,
+            Some(id) => {
+                self.last_id = id;
+                Some(event.frame)
+            }
+            None => Some(event.frame),
         }
     }
 

@@ -1,0 +1,358 @@
+//! Plain-http `GET /stream` served on the socket directly, outside hyper.
+//!
+//! Why: idle subscribers are most of what a relay holds (a classroom's browsers sit on their
+//! streams for an hour), and through hyper each keeps a connection task with its read and
+//! write buffers, about 30 KiB measured. Here a stream is one small task: the request head is
+//! read into a buffer that is freed once parsed, the response head goes out, and from then on
+//! the task only forwards frames, gathering every frame that is ready into one `writev`.
+//!
+//! Only a connection whose first bytes are `GET /stream` comes here (`sniff`); everything
+//! else (other paths, TLS, HTTP/2, later requests on a keep-alive connection) goes to hyper.
+//! The checks and the errors are the same ones both ways: [`App::open_stream`] runs them, and
+//! a refusal is the same [`ApiError`] response, written out here with `connection: close`.
+
+use std::io::{self, IoSlice};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::stream::OpenStream;
+use super::{App, Body, Client};
+use crate::error::ApiError;
+use crate::metrics;
+use crate::sse;
+
+/// What a plain-http connection's first bytes say.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sniffed {
+    /// `GET /stream?...` or `GET /stream HTTP/...`: serve it here.
+    Stream,
+    /// Anything else: hyper's.
+    Other,
+    /// Closed, failed, or silent past the header timeout.
+    Gone,
+}
+
+const STREAM_PREFIX: &[u8] = b"GET /stream";
+/// Largest request head read here (hyper's own limit is larger, but a stream request carries
+/// a short query and a browser's usual headers).
+const MAX_HEAD: usize = 16 * 1024;
+/// Header fields, as hyper's default.
+const MAX_HEADERS: usize = 100;
+/// Frames gathered into one write.
+const MAX_BATCH: usize = 32;
+/// A client that takes nothing from its socket for this long is cut off (its subscription
+/// meanwhile resumes from history or reports a gap, so nothing is lost silently).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Looks at a new connection's first bytes without consuming them, so hyper can still read
+/// them. Bounded by `limit` (the header timeout).
+pub async fn sniff(stream: &TcpStream, limit: Duration) -> Sniffed {
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; STREAM_PREFIX.len() + 1];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Sniffed::Gone,
+        };
+        let seen = &buf[..n];
+        if n == buf.len() {
+            let stream_target =
+                seen.starts_with(STREAM_PREFIX) && matches!(seen[n - 1], b'?' | b' ');
+            return if stream_target {
+                Sniffed::Stream
+            } else {
+                Sniffed::Other
+            };
+        }
+        if !STREAM_PREFIX.starts_with(seen) {
+            return Sniffed::Other;
+        }
+        // A prefix of it so far. `peek` returns at once while those bytes wait, so pause
+        // before looking again (a head arriving in pieces is rare; the deadline bounds this).
+        if Instant::now() >= deadline {
+            return Sniffed::Gone;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Serves a connection that `sniff` found to start with `GET /stream`.
+pub async fn serve(mut stream: TcpStream, client: Client, app: App) {
+    let started = std::time::Instant::now();
+    let opened = match read_head(&mut stream, app.config.header_timeout).await {
+        // Boxed: subscribing (through Redis, say) is a large future that only lives this long.
+        Ok(Some(req)) => Box::pin(app.open_stream(&req, client)).await,
+        // Closed or silent past the header timeout: close, as hyper does.
+        Ok(None) => return,
+        Err(e) => Err(e),
+    };
+    app.metrics
+        .observe(metrics::route_of("/stream"), started.elapsed());
+    match opened {
+        Ok((headers, open)) => forward(stream, &headers, open, &app).await,
+        Err(e) => {
+            app.metrics.refused(e.reason());
+            tracing::debug!(status = e.status().as_u16(), "stream refused");
+            // Boxed, so this rare path does not size every stream's task.
+            Box::pin(async move {
+                let answer = encode_response(e.into_response()).await;
+                answer_and_close(stream, &answer).await;
+            })
+            .await;
+        }
+    }
+}
+
+/// Reads and parses the request head. `Ok(None)`: the client closed or went silent.
+async fn read_head(
+    stream: &mut TcpStream,
+    limit: Duration,
+) -> Result<Option<Request<()>>, ApiError> {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + limit;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if buf.len() >= MAX_HEAD {
+            return Err(ApiError::HeadTooLarge);
+        }
+        // Straight into the buffer's spare room (no chunk on the task's stack: an idle
+        // stream's task is sized for its largest state).
+        if buf.capacity() - buf.len() < 256 {
+            buf.reserve(1024);
+        }
+        let room_left = MAX_HEAD - buf.len();
+        let mut room = (&mut buf).limit(room_left);
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut room)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Ok(None),
+        }
+        if let Some(req) = parse_head(&buf)? {
+            return Ok(Some(req));
+        }
+    }
+}
+
+/// `Ok(None)`: the head is not complete yet.
+fn parse_head(buf: &[u8]) -> Result<Option<Request<()>>, ApiError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut fields);
+    match head.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ApiError::HeadTooLarge),
+        Err(e) => return Err(ApiError::BadRequest(format!("malformed request head: {e}"))),
+    }
+    let version = match head.version {
+        Some(0) => http::Version::HTTP_10,
+        _ => http::Version::HTTP_11,
+    };
+    let mut builder = Request::builder()
+        .method(head.method.unwrap_or("GET"))
+        .uri(head.path.unwrap_or("/"))
+        .version(version);
+    for field in head.headers.iter() {
+        builder = builder.header(field.name, field.value);
+    }
+    builder
+        .body(())
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(format!("malformed request head: {e}")))
+}
+
+/// The stream itself: response head and first frames in one write, then every frame as it
+/// comes (all that are ready in one `writev`), a keep-alive comment when quiet, until the
+/// subscription ends (shutdown, takeover), the client closes, or a write stalls.
+async fn forward(mut stream: TcpStream, headers: &HeaderMap, open: OpenStream, app: &App) {
+    let OpenStream {
+        mut subscription,
+        first,
+    } = open;
+    // Close-delimited (no chunked framing): the stream is the last thing on this connection.
+    let head = Bytes::from(response_head(StatusCode::OK, headers, None));
+    app.metrics.stream_bytes(first.len());
+    if !write_frames(&mut stream, vec![head, first]).await {
+        return;
+    }
+    let keepalive = app.config.keepalive;
+    let keepalive_timer = tokio::time::sleep(keepalive);
+    tokio::pin!(keepalive_timer);
+    loop {
+        let batch = tokio::select! {
+            frame = subscription.recv() => {
+                let Some(frame) = frame else { break };
+                let mut batch = Vec::with_capacity(4);
+                batch.push(frame);
+                while batch.len() < MAX_BATCH {
+                    match subscription.try_recv() {
+                        Some(frame) => batch.push(frame),
+                        None => break,
+                    }
+                }
+                for frame in &batch {
+                    app.metrics.delivered(frame.len());
+                }
+                batch
+            }
+            _ = &mut keepalive_timer => {
+                keepalive_timer.as_mut().reset(Instant::now() + keepalive);
+                app.metrics.stream_bytes(sse::KEEPALIVE.len());
+                vec![sse::KEEPALIVE]
+            }
+            readable = stream.readable() => {
+                if readable.is_err() || client_closed(&stream) {
+                    break;
+                }
+                continue;
+            }
+        };
+        if !write_frames(&mut stream, batch).await {
+            break;
+        }
+    }
+}
+
+/// Reads and discards what the client sent after its request; true once it has closed.
+fn client_closed(stream: &TcpStream) -> bool {
+    let mut sink = [0u8; 512];
+    for _ in 0..64 {
+        match stream.try_read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Writes every frame, as few `writev` calls as the kernel allows; false if the connection is
+/// gone or stalled past `WRITE_TIMEOUT`. The I/O slices live only between awaits, so an idle
+/// task does not carry them.
+async fn write_frames(stream: &mut TcpStream, mut frames: Vec<Bytes>) -> bool {
+    let write = async {
+        let mut next = 0;
+        while next < frames.len() {
+            stream.writable().await?;
+            let mut slices = [IoSlice::new(&[]); MAX_BATCH];
+            let count = (frames.len() - next).min(MAX_BATCH);
+            for (slice, frame) in slices.iter_mut().zip(&frames[next..next + count]) {
+                *slice = IoSlice::new(frame);
+            }
+            let mut written = match stream.try_write_vectored(&slices[..count]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            while written > 0 {
+                let frame = &mut frames[next];
+                let taken = written.min(frame.len());
+                frame.advance(taken);
+                written -= taken;
+                if frame.is_empty() {
+                    next += 1;
+                }
+            }
+        }
+        Ok::<_, io::Error>(())
+    };
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
+}
+
+/// An HTTP/1.1 response head; `connection: close` always, as nothing follows on this
+/// connection.
+fn response_head(
+    status: StatusCode,
+    headers: &HeaderMap,
+    content_length: Option<usize>,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if let Some(length) = content_length {
+        head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    head
+}
+
+/// A whole response (an error's one-line JSON) as bytes.
+async fn encode_response(response: Response<Body>) -> Vec<u8> {
+    let (parts, body) = response.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    let mut bytes = response_head(parts.status, &parts.headers, Some(body.len()));
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// Writes a final answer and closes without losing it: shut down our side, then read what the
+/// client still sends (closing with unread data makes the kernel send a reset, which can
+/// destroy the answer before the client reads it). At most a second in all.
+pub async fn answer_and_close(mut stream: TcpStream, answer: &[u8]) {
+    use tokio::io::AsyncReadExt;
+    let write = async {
+        stream.write_all(answer).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_parse_or_are_refused() {
+        let req =
+            parse_head(b"GET /stream?channel=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 7\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(req.uri().query(), Some("channel=a"));
+        assert_eq!(req.headers()["last-event-id"], "7");
+        assert_eq!(req.version(), http::Version::HTTP_11);
+        assert!(parse_head(b"GET /stream HTTP/1.1\r\nHost: x\r\n")
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            parse_head(b"GET /stream HTTP/1.1\r\nHo\0st: x\r\n\r\n"),
+            Err(ApiError::BadRequest(_))
+        ));
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        let head = format!("GET /stream HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(
+            parse_head(head.as_bytes()),
+            Err(ApiError::HeadTooLarge)
+        ));
+    }
+
+    #[test]
+    fn response_heads_close_the_connection() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "text/event-stream".parse().unwrap());
+        let head = response_head(StatusCode::OK, &headers, None);
+        assert_eq!(
+            head,
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+        );
+    }
+}
