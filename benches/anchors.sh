@@ -132,7 +132,7 @@ load() { # label, load args...
 case "${1:-}" in
 compare)
     cd "$(dirname "$0")/.."
-    [ -x target/release/sigrelay ] || cargo build --release
+    cargo build --release  # a no-op when fresh; never measure a stale binary
     cargo bench -q --bench load --no-run
     start
     trap stop EXIT

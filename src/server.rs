@@ -162,13 +162,14 @@ async fn plain_connection(
     watcher: Watcher,
     app: App,
 ) {
-    match direct::sniff(&stream, app.config.header_timeout).await {
+    let head_deadline = tokio::time::Instant::now() + app.config.header_timeout;
+    match direct::sniff(&stream, head_deadline).await {
         Sniffed::Stream => {
             let client = Client {
                 addr: peer,
                 transport: Transport::Plain,
             };
-            direct::serve(stream, client, app).await;
+            direct::serve(stream, client, app, head_deadline).await;
             // Held until here so that a graceful shutdown waits for the stream to end too.
             drop(watcher);
         }

@@ -51,9 +51,8 @@ const MAX_BATCH: usize = 32;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Looks at a new connection's first bytes without consuming them, so hyper can still read
-/// them. Bounded by `limit` (the header timeout).
-pub async fn sniff(stream: &TcpStream, limit: Duration) -> Sniffed {
-    let deadline = Instant::now() + limit;
+/// them. `deadline`: the connection's header timeout.
+pub async fn sniff(stream: &TcpStream, deadline: Instant) -> Sniffed {
     let mut buf = [0u8; STREAM_PREFIX.len() + 1];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
@@ -83,9 +82,10 @@ pub async fn sniff(stream: &TcpStream, limit: Duration) -> Sniffed {
 }
 
 /// Serves a connection that `sniff` found to start with `GET /stream`.
-pub async fn serve(mut stream: TcpStream, client: Client, app: App) {
+/// `deadline` is the same as `sniff`'s: the whole head must arrive by then (slowloris).
+pub async fn serve(mut stream: TcpStream, client: Client, app: App, deadline: Instant) {
     let started = std::time::Instant::now();
-    let opened = match read_head(&mut stream, app.config.header_timeout).await {
+    let opened = match read_head(&mut stream, deadline).await {
         // Boxed: subscribing (through Redis, say) is a large future that only lives this long.
         Ok(Some(req)) => Box::pin(app.open_stream(&req, client)).await,
         // Closed or silent past the header timeout: close, as hyper does.
@@ -112,10 +112,9 @@ pub async fn serve(mut stream: TcpStream, client: Client, app: App) {
 /// Reads and parses the request head. `Ok(None)`: the client closed or went silent.
 async fn read_head(
     stream: &mut TcpStream,
-    limit: Duration,
+    deadline: Instant,
 ) -> Result<Option<Request<()>>, ApiError> {
     use tokio::io::AsyncReadExt;
-    let deadline = Instant::now() + limit;
     let mut buf = Vec::with_capacity(1024);
     loop {
         if buf.len() >= MAX_HEAD {
