@@ -167,7 +167,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request<()>>, ApiError> {
 /// The stream itself: response head and first frames in one write, then every frame as it
 /// comes (all that are ready in one `writev`), a keep-alive comment when quiet, until the
 /// subscription ends (shutdown, takeover), the client closes, or a write stalls.
-async fn forward(mut stream: TcpStream, headers: &HeaderMap, open: OpenStream, app: &App) {
+async fn forward(stream: TcpStream, headers: &HeaderMap, open: OpenStream, app: &App) {
     let OpenStream {
         mut subscription,
         first,
@@ -175,17 +175,18 @@ async fn forward(mut stream: TcpStream, headers: &HeaderMap, open: OpenStream, a
     // Close-delimited (no chunked framing): the stream is the last thing on this connection.
     let head = Bytes::from(response_head(StatusCode::OK, headers, None));
     app.metrics.stream_bytes(first.len());
-    if !write_frames(&mut stream, vec![head, first]).await {
+    // Reused for every batch: one allocation per stream, not per write.
+    let mut batch = vec![head, first];
+    if !write_frames(&stream, &mut batch).await {
         return;
     }
     let keepalive = app.config.keepalive;
     let keepalive_timer = tokio::time::sleep(keepalive);
     tokio::pin!(keepalive_timer);
     loop {
-        let batch = tokio::select! {
+        tokio::select! {
             frame = subscription.recv() => {
                 let Some(frame) = frame else { break };
-                let mut batch = Vec::with_capacity(4);
                 batch.push(frame);
                 while batch.len() < MAX_BATCH {
                     match subscription.try_recv() {
@@ -196,12 +197,11 @@ async fn forward(mut stream: TcpStream, headers: &HeaderMap, open: OpenStream, a
                 for frame in &batch {
                     app.metrics.delivered(frame.len());
                 }
-                batch
             }
             _ = &mut keepalive_timer => {
                 keepalive_timer.as_mut().reset(Instant::now() + keepalive);
                 app.metrics.stream_bytes(sse::KEEPALIVE.len());
-                vec![sse::KEEPALIVE]
+                batch.push(sse::KEEPALIVE);
             }
             readable = stream.readable() => {
                 if readable.is_err() || client_closed(&stream) {
@@ -209,8 +209,8 @@ async fn forward(mut stream: TcpStream, headers: &HeaderMap, open: OpenStream, a
                 }
                 continue;
             }
-        };
-        if !write_frames(&mut stream, batch).await {
+        }
+        if !write_frames(&stream, &mut batch).await {
             break;
         }
     }
@@ -230,37 +230,55 @@ fn client_closed(stream: &TcpStream) -> bool {
     false
 }
 
-/// Writes every frame, as few `writev` calls as the kernel allows; false if the connection is
-/// gone or stalled past `WRITE_TIMEOUT`. The I/O slices live only between awaits, so an idle
-/// task does not carry them.
-async fn write_frames(stream: &mut TcpStream, mut frames: Vec<Bytes>) -> bool {
-    let write = async {
-        let mut next = 0;
-        while next < frames.len() {
-            stream.writable().await?;
-            let mut slices = [IoSlice::new(&[]); MAX_BATCH];
-            let count = (frames.len() - next).min(MAX_BATCH);
-            for (slice, frame) in slices.iter_mut().zip(&frames[next..next + count]) {
-                *slice = IoSlice::new(frame);
-            }
-            let mut written = match stream.try_write_vectored(&slices[..count]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            };
-            while written > 0 {
-                let frame = &mut frames[next];
-                let taken = written.min(frame.len());
-                frame.advance(taken);
-                written -= taken;
-                if frame.is_empty() {
-                    next += 1;
+/// Writes every frame, as few `writev` calls as the kernel allows, and empties `frames`;
+/// false if the connection is gone or stalled past `WRITE_TIMEOUT`. The usual case (the
+/// socket has room) is one `writev` with no timer and no await.
+async fn write_frames(stream: &TcpStream, frames: &mut Vec<Bytes>) -> bool {
+    let mut next = 0;
+    let done = match write_some(stream, frames, &mut next) {
+        Ok(()) => next == frames.len(),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+        Err(_) => return false,
+    };
+    if !done {
+        let rest = async {
+            while next < frames.len() {
+                stream.writable().await?;
+                match write_some(stream, frames, &mut next) {
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                    _ => {}
                 }
             }
+            Ok::<_, io::Error>(())
+        };
+        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, rest).await, Ok(Ok(()))) {
+            return false;
         }
-        Ok::<_, io::Error>(())
-    };
-    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
+    }
+    frames.clear();
+    true
+}
+
+/// One `writev` of the frames from `next` on (at most `MAX_BATCH`); advances `next` past what
+/// was written and trims a frame written in part. The slices live on the stack only here,
+/// never across an await, so an idle task does not carry them.
+fn write_some(stream: &TcpStream, frames: &mut [Bytes], next: &mut usize) -> io::Result<()> {
+    let mut slices = [IoSlice::new(&[]); MAX_BATCH];
+    let count = (frames.len() - *next).min(MAX_BATCH);
+    for (slice, frame) in slices.iter_mut().zip(&frames[*next..*next + count]) {
+        *slice = IoSlice::new(frame);
+    }
+    let mut written = stream.try_write_vectored(&slices[..count])?;
+    while written > 0 {
+        let frame = &mut frames[*next];
+        let taken = written.min(frame.len());
+        frame.advance(taken);
+        written -= taken;
+        if frame.is_empty() {
+            *next += 1;
+        }
+    }
+    Ok(())
 }
 
 /// An HTTP/1.1 response head; `connection: close` always, as nothing follows on this
