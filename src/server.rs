@@ -169,7 +169,11 @@ async fn plain_connection(
                 addr: peer,
                 transport: Transport::Plain,
             };
-            direct::serve(stream, client, app, head_deadline).await;
+            // Boxed: reading the head and subscribing are brief; only forwarding lives on.
+            let accepted = Box::pin(direct::accept(stream, client, &app, head_deadline)).await;
+            if let Some(accepted) = accepted {
+                direct::forward(accepted, &app).await;
+            }
             // Held until here so that a graceful shutdown waits for the stream to end too.
             drop(watcher);
         }

@@ -21,9 +21,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::stream::OpenStream;
 use super::{App, Body, Client};
 use crate::error::ApiError;
+use crate::hub::Subscription;
 use crate::metrics;
 use crate::sse;
 
@@ -81,30 +81,54 @@ pub async fn sniff(stream: &TcpStream, deadline: Instant) -> Sniffed {
     }
 }
 
-/// Serves a connection that `sniff` found to start with `GET /stream`.
-/// `deadline` is the same as `sniff`'s: the whole head must arrive by then (slowloris).
-pub async fn serve(mut stream: TcpStream, client: Client, app: App, deadline: Instant) {
+/// A stream request that passed every check: the socket, the subscription, and the stream's
+/// first bytes (response head, preamble and `welcome`, for one write).
+pub struct Accepted {
+    stream: TcpStream,
+    subscription: Subscription,
+    first: Bytes,
+}
+
+/// Reads the head of a connection that `sniff` found to start with `GET /stream`, runs the
+/// checks and subscribes; a refusal is answered here and gives `None`. `deadline` is the
+/// same as `sniff`'s: the whole head must arrive by then (slowloris).
+///
+/// Short-lived and large (the subscribe future, the head buffer): the caller boxes it, so a
+/// stream's long-lived task is sized for [`forward`] only.
+pub async fn accept(
+    mut stream: TcpStream,
+    client: Client,
+    app: &App,
+    deadline: Instant,
+) -> Option<Accepted> {
     let started = std::time::Instant::now();
     let opened = match read_head(&mut stream, deadline).await {
-        // Boxed: subscribing (through Redis, say) is a large future that only lives this long.
-        Ok(Some(req)) => Box::pin(app.open_stream(&req, client)).await,
+        Ok(Some(req)) => app.open_stream(&req, client).await,
         // Closed or silent past the header timeout: close, as hyper does.
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => Err(e),
     };
     app.metrics
         .observe(metrics::route_of("/stream"), started.elapsed());
     match opened {
-        Ok((headers, open)) => forward(stream, &headers, open, &app).await,
+        Ok((headers, open)) => {
+            // Close-delimited (no chunked framing): the stream is the last thing on this
+            // connection. The header map is dropped here, not kept for the stream's life.
+            let mut first = response_head(StatusCode::OK, &headers, None);
+            first.extend_from_slice(&open.first);
+            app.metrics.stream_bytes(open.first.len());
+            Some(Accepted {
+                stream,
+                subscription: open.subscription,
+                first: first.into(),
+            })
+        }
         Err(e) => {
             app.metrics.refused(e.reason());
             tracing::debug!(status = e.status().as_u16(), "stream refused");
-            // Boxed, so this rare path does not size every stream's task.
-            Box::pin(async move {
-                let answer = encode_response(e.into_response()).await;
-                answer_and_close(stream, &answer).await;
-            })
-            .await;
+            let answer = encode_response(e.into_response()).await;
+            answer_and_close(stream, &answer).await;
+            None
         }
     }
 }
@@ -167,16 +191,14 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request<()>>, ApiError> {
 /// The stream itself: response head and first frames in one write, then every frame as it
 /// comes (all that are ready in one `writev`), a keep-alive comment when quiet, until the
 /// subscription ends (shutdown, takeover), the client closes, or a write stalls.
-async fn forward(stream: TcpStream, headers: &HeaderMap, open: OpenStream, app: &App) {
-    let OpenStream {
+pub async fn forward(accepted: Accepted, app: &App) {
+    let Accepted {
+        stream,
         mut subscription,
         first,
-    } = open;
-    // Close-delimited (no chunked framing): the stream is the last thing on this connection.
-    let head = Bytes::from(response_head(StatusCode::OK, headers, None));
-    app.metrics.stream_bytes(first.len());
+    } = accepted;
     // Reused for every batch: one allocation per stream, not per write.
-    let mut batch = vec![head, first];
+    let mut batch = vec![first];
     if !write_frames(&stream, &mut batch).await {
         return;
     }
@@ -251,7 +273,9 @@ async fn write_frames(stream: &TcpStream, frames: &mut Vec<Bytes>) -> bool {
             }
             Ok::<_, io::Error>(())
         };
-        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, rest).await, Ok(Ok(()))) {
+        // Boxed: the rare path (a full socket buffer) should not size every stream's task.
+        let rest = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, rest));
+        if !matches!(rest.await, Ok(Ok(()))) {
             return false;
         }
     }
