@@ -420,6 +420,7 @@ impl Hub {
             pending,
             last_id,
             stopped: Box::pin(stop.cancelled_owned()),
+            ready_in_a_row: 0,
             id: subscription_id,
             left: self.relay.clone(),
         })
@@ -486,6 +487,9 @@ impl Hub {
     }
 }
 
+/// How many receives in a row may skip looking at the stop signal first.
+const STOP_CHECK_EVERY: u32 = 32;
+
 /// One open stream's place in a channel. Yields frames with [`Subscription::recv`]; dropping it
 /// leaves the channel (and tells the others).
 pub struct Subscription {
@@ -499,6 +503,8 @@ pub struct Subscription {
     /// Resolves when the stream must end (shutdown, or this peer reconnected elsewhere).
     /// Made once and kept, so a receive does not build a new cancellation future each time.
     stopped: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Receives since `stopped` was last looked at first.
+    ready_in_a_row: u32,
     id: u64,
     /// Relay mode: told this subscription's channel when it ends.
     left: Option<mpsc::UnboundedSender<ChannelName>>,
@@ -515,10 +521,23 @@ impl Subscription {
                 }
                 return Some(event.frame);
             }
-            let received = tokio::select! {
-                biased;
-                _ = &mut self.stopped => return None,
-                received = self.rx.recv() => received,
+            // Events first: checking the stop signal takes a lock, so on a busy stream it is
+            // looked at only when no event is ready, or after `STOP_CHECK_EVERY` in a row (so
+            // a firehose cannot keep a stream alive past shutdown or a takeover).
+            self.ready_in_a_row += 1;
+            let received = if self.ready_in_a_row < STOP_CHECK_EVERY {
+                tokio::select! {
+                    biased;
+                    received = self.rx.recv() => received,
+                    _ = &mut self.stopped => return None,
+                }
+            } else {
+                self.ready_in_a_row = 0;
+                tokio::select! {
+                    biased;
+                    _ = &mut self.stopped => return None,
+                    received = self.rx.recv() => received,
+                }
             };
             match received {
                 Ok(event) => {
