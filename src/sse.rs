@@ -65,7 +65,8 @@ impl MessageTail {
     pub fn with_id(&self, id: u64) -> Bytes {
         let mut frame = BytesMut::with_capacity(self.0.len() + 26);
         frame.put_slice(b"id: ");
-        frame.put_slice(id.to_string().as_bytes());
+        // Digits straight into the frame (no String per publish).
+        let _ = std::fmt::Write::write_fmt(&mut frame, format_args!("{id}"));
         frame.put_u8(b'\n');
         frame.put_slice(&self.0);
         frame.freeze()
