@@ -5,8 +5,10 @@
 #
 #   benches/anchors.sh start   # install what is missing, start both, print the load commands
 #   benches/anchors.sh stop    # stop what `start` started (by the PIDs it recorded)
-#   benches/anchors.sh compare # start, run `load all` on sigrelay, nchan and the seed, stop
-#                              # (the seed at small sizes: it manages ~500 publishes/s)
+#   benches/anchors.sh compare # start, run `load all` on sigrelay, nchan and the seed, then
+#                              # two more latency + throughput rounds on sigrelay and nchan
+#                              # (medians of three printed at the end), stop. The seed runs
+#                              # at small sizes: it manages ~500 publishes/s. ~7 min.
 #
 # Env: ANCHORS_DIR (state, default /tmp/sigrelay-anchors), NCHAN_PORT (18081),
 # SEED_PORT (18082), REDIS_PORT (18079), SEED_WORKERS (1).
@@ -52,6 +54,9 @@ error_log $DIR/nginx/error.log warn;
 events { worker_connections 19900; }
 http {
     access_log off;
+    # Room for what the benchmark keeps (64 messages in each of thousands of rooms, several
+    # rounds): with the default 32 MiB nchan answers 500 after a few rounds.
+    nchan_max_reserved_memory 512M;
     keepalive_requests 100000000;
     client_body_temp_path $DIR/nginx;
     server {
@@ -98,6 +103,14 @@ EOF
     wait_port "127.0.0.1:$SEED_PORT"
 }
 
+restart_nchan() { # a fresh nginx: nchan keeps every room's messages for an hour
+    local m
+    m=$(cat "$DIR/nginx/nginx.pid")
+    kill "$m"
+    for _ in $(seq 100); do kill -0 "$m" 2>/dev/null || break; sleep 0.1; done
+    start_nchan
+}
+
 pids_of() { # master pid file -> master,children
     local m
     m=$(cat "$1")
@@ -123,10 +136,55 @@ stop() {
     done
 }
 
-load() { # label, load args...
-    echo "== $1"
+load() { # label, load args...; also appended to $DIR/compare.log
+    echo "== $1" | tee -a "$DIR/compare.log"
     shift
-    cargo bench -q --bench load -- "$@" 2>&1 | sed -n '/^target:/,$p'
+    cargo bench -q --bench load -- "$@" 2>&1 | sed -n '/^target:/,$p' | tee -a "$DIR/compare.log"
+}
+
+# The median over the rounds in compare.log of each throughput and latency figure, per
+# server, next to sigrelay / nchan. A throughput round with errors or lost messages counts as
+# 0 pub/s; a latency round that lost messages is shown as lost.
+medians() {
+    python3 - "$DIR/compare.log" <<'PY'
+import re, statistics, sys
+tput, lat, lost, server = {}, {}, {}, None
+for line in open(sys.argv[1]):
+    if line.startswith("== "):
+        server = line[3:].split()[0]
+        continue
+    m = re.match(r"\| (throughput \d+ rooms) x 2, \d+ publishers\s*\| (\d+) pub/s, .*errors (\d+), .*lost (\d+)", line)
+    if m and server:
+        clean = m.group(3) == "0" and m.group(4) == "0"
+        tput.setdefault((m.group(1), server), []).append(int(m.group(2)) if clean else 0)
+    m = re.match(r"\| latency (\d+) rooms .*\| p50 ([\d.]+) / p99 ([\d.]+) / p99.9 ([\d.]+) / max ([\d.]+) ms", line)
+    if m and server:
+        lat.setdefault((m.group(1), server), []).append([float(x) for x in m.groups()[1:]])
+    m = re.match(r"\| latency (\d+) rooms .*lost (\d+)", line)
+    if m and server:
+        lost[(m.group(1), server)] = lost.get((m.group(1), server), 0) + int(m.group(2))
+def med(xs):
+    return statistics.median(xs)
+print("\nmedians of the rounds (64 publishers, 2 subscribers per room):")
+print("| figure | sigrelay | nchan | sigrelay / nchan | rounds (sigrelay; nchan) |")
+print("|---|---|---|---|---|")
+for fig in sorted({f for f, _ in tput}, key=lambda f: int(f.split()[1])):
+    s, n = tput.get((fig, "sigrelay"), []), tput.get((fig, "nchan"), [])
+    if s and n:
+        ms, mn = med(s), med(n)
+        ratio = f"{ms / mn:.2f}x" if mn else "-"
+        print(f"| {fig}, pub/s | {ms:.0f} | {mn:.0f} | {ratio} | {', '.join(map(str, s))}; {', '.join(map(str, n))} |")
+for rooms in sorted({r for r, _ in lat}, key=int):
+    s, n = lat.get((rooms, "sigrelay"), []), lat.get((rooms, "nchan"), [])
+    if not (s and n):
+        continue
+    for i, name in enumerate(["p50", "p99", "p99.9", "max"]):
+        ms, mn = med([r[i] for r in s]), med([r[i] for r in n])
+        ratio = f"{ms / mn:.2f}x" if mn else "-"
+        rounds = f"{', '.join(str(r[i]) for r in s)}; {', '.join(str(r[i]) for r in n)}"
+        print(f"| latency {rooms} rooms, {name} ms | {ms:.2f} | {mn:.2f} | {ratio} | {rounds} |")
+    print(f"| latency {rooms} rooms, lost in all rounds | {lost.get((rooms, 'sigrelay'), '?')} | {lost.get((rooms, 'nchan'), '?')} | | |")
+PY
 }
 
 case "${1:-}" in
@@ -136,11 +194,23 @@ compare)
     cargo bench -q --bench load --no-run
     start
     trap stop EXIT
+    : >"$DIR/compare.log"
     echo "machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
     load sigrelay all
     load nchan all "${NCHAN_URLS[@]}" --server-pid "$nginx_pids"
     load seed all --rooms 100 --rate 200 --duration 5 --publishers 16 --n 1000 \
         "${SEED_URLS[@]}" --server-pid "$seed_pids"
+    # Throughput and tail latency move by a quarter from one run to the next on a shared
+    # 2-core machine: two more rounds, the servers taking turns, and the median of three.
+    # Each round on a fresh server, as sigrelay's are (`load` starts one per run).
+    for round in 2 3; do
+        restart_nchan
+        load "nchan round $round" latency "${NCHAN_URLS[@]}"
+        load "nchan round $round" throughput "${NCHAN_URLS[@]}"
+        load "sigrelay round $round" latency
+        load "sigrelay round $round" throughput
+    done
+    medians
     ;;
 start)
     start

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -374,21 +373,29 @@ async fn subscriber(
     let mut line: Vec<u8> = Vec::new();
     let mut lat = Vec::new();
     let started = Instant::now();
+    // One waiter on the stop token for the whole stream, and no timer per read once the
+    // headers are in: the subscriber's own cost is kept out of the server's share of the CPU.
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     loop {
-        if signalled {
+        let n = if signalled {
             permit.take();
-        }
-        let wait = if signalled {
-            Duration::from_secs(3600)
+            tokio::select! {
+                _ = &mut cancelled => break,
+                r = s.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                }
+            }
         } else {
-            Duration::from_secs(3).saturating_sub(started.elapsed())
-        };
-        let n = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = tokio::time::timeout(wait, s.read(&mut buf)) => match r {
-                Err(_) => { signal(None, &mut signalled); continue }
-                Ok(Ok(0)) | Ok(Err(_)) => { signal(Some(false), &mut signalled); break }
-                Ok(Ok(n)) => n,
+            let wait = Duration::from_secs(3).saturating_sub(started.elapsed());
+            tokio::select! {
+                _ = &mut cancelled => break,
+                r = tokio::time::timeout(wait, s.read(&mut buf)) => match r {
+                    Err(_) => { signal(None, &mut signalled); continue }
+                    Ok(Ok(0)) | Ok(Err(_)) => { signal(Some(false), &mut signalled); break }
+                    Ok(Ok(n)) => n,
+                }
             }
         };
         let mut data = &buf[..n];
@@ -421,21 +428,28 @@ async fn subscriber(
             None => body.extend_from_slice(data),
         }
         let now = now_us();
-        for &b in &body {
-            if b == b'\n' {
-                if line.starts_with(b"data:") {
-                    if let Some(t0) = token(&line) {
-                        stats.received.fetch_add(1, Ordering::Relaxed);
-                        if record {
-                            lat.push(now.saturating_sub(t0).min(u32::MAX as u64) as u32);
-                        }
+        let mut rest = &body[..];
+        while let Some(p) = rest.iter().position(|&b| b == b'\n') {
+            // A line whole in this read is looked at in place; only a line cut by the read
+            // boundary is gathered in `line`.
+            let whole: &[u8] = if line.is_empty() {
+                &rest[..p]
+            } else {
+                append_bounded(&mut line, &rest[..p]);
+                &line
+            };
+            if whole.starts_with(b"data:") {
+                if let Some(t0) = token(whole) {
+                    stats.received.fetch_add(1, Ordering::Relaxed);
+                    if record {
+                        lat.push(now.saturating_sub(t0).min(u32::MAX as u64) as u32);
                     }
                 }
-                line.clear();
-            } else if line.len() < 64 * 1024 {
-                line.push(b);
             }
+            line.clear();
+            rest = &rest[p + 1..];
         }
+        append_bounded(&mut line, rest);
         head.clear();
         if chunked.as_ref().is_some_and(|c| c.ended) {
             break;
@@ -445,6 +459,12 @@ async fn subscriber(
         stats.lat_us.lock().unwrap().extend(lat);
     }
     stats.done.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Appends to a partial line, keeping at most 64 KiB of it.
+fn append_bounded(line: &mut Vec<u8>, more: &[u8]) {
+    let room = (64 * 1024usize).saturating_sub(line.len());
+    line.extend_from_slice(&more[..more.len().min(room)]);
 }
 
 /// Starts `rooms * per_room` subscribers and waits (bounded) until each is ready.
@@ -488,27 +508,41 @@ async fn start_subs(
 
 // ---------------------------------------------------------------- publishers
 
-async fn pub_conn(t: &Tmpl) -> Result<SendRequest<Full<Bytes>>, String> {
-    let s = TcpStream::connect(t.addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = s.set_nodelay(true);
-    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    Ok(tx)
-}
-
-/// One keep-alive publisher connection; reconnects (counted) when the server closes it, as
-/// nginx does after `keepalive_requests`.
+/// One keep-alive publisher connection speaking HTTP/1.1 by hand: one write per request
+/// (head and body together), the response read with `httparse` into a reused buffer. A
+/// hyper client would cost two tasks and a handoff per request; the load generator shares
+/// the two cores with the server, so every cycle it spends is one the server cannot use.
+/// Reconnects (counted) when the server closes the connection, as nginx does after
+/// `keepalive_requests`.
 struct Publisher {
     t: Tmpl,
-    tx: Option<SendRequest<Full<Bytes>>>,
+    conn: Option<TcpStream>,
     stats: Arc<PubStats>,
+    req: Vec<u8>,
+    resp: Vec<u8>,
+}
+
+/// What reading one response found.
+enum Answer {
+    /// A whole response: `ok` if its status was 2xx, `keep` if the connection may be reused.
+    Done {
+        ok: bool,
+        keep: bool,
+    },
+    Broken,
 }
 
 impl Publisher {
+    fn new(t: Tmpl, stats: Arc<PubStats>) -> Publisher {
+        Publisher {
+            t,
+            conn: None,
+            stats,
+            req: Vec::with_capacity(512),
+            resp: Vec::with_capacity(1024),
+        }
+    }
+
     async fn publish(&mut self, path: &str, body: String) -> bool {
         let ok = self.try_publish(path, body).await;
         if ok { &self.stats.ok } else { &self.stats.err }.fetch_add(1, Ordering::Relaxed);
@@ -516,35 +550,108 @@ impl Publisher {
     }
 
     async fn try_publish(&mut self, path: &str, body: String) -> bool {
-        if !matches!(&self.tx, Some(tx) if !tx.is_closed()) {
+        use std::io::Write;
+        if self.conn.is_none() {
             self.stats.connects.fetch_add(1, Ordering::Relaxed);
-            match pub_conn(&self.t).await {
-                Ok(tx) => self.tx = Some(tx),
+            match TcpStream::connect(self.t.addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    self.conn = Some(s);
+                }
                 Err(_) => {
-                    self.tx = None;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     return false;
                 }
             }
         }
-        let tx = self.tx.as_mut().expect("connected");
-        if tx.ready().await.is_err() {
-            self.tx = None;
+        self.req.clear();
+        let _ = write!(
+            self.req,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            self.t.host,
+            body.len()
+        );
+        let s = self.conn.as_mut().expect("connected");
+        if s.write_all(&self.req).await.is_err() {
+            self.conn = None;
             return false;
         }
-        let req = hyper::Request::post(path)
-            .header("host", &self.t.host)
-            .header("content-type", "text/plain")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
-        match tx.send_request(req).await {
-            Ok(resp) => {
-                let ok = resp.status().is_success();
-                ok && resp.into_body().collect().await.is_ok()
+        match read_answer(s, &mut self.resp).await {
+            Answer::Done { ok, keep } => {
+                if !keep {
+                    self.conn = None;
+                }
+                ok
             }
-            Err(_) => {
-                self.tx = None;
+            Answer::Broken => {
+                self.conn = None;
                 false
+            }
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response (Content-Length, chunked, or up to EOF), bounded to 64 KiB.
+async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
+    buf.clear();
+    let mut chunk = [0u8; 2048];
+    let (status, head_len, length, chunked, close) = loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        match r.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let (mut length, mut chunked, mut close) = (None, false, false);
+                for h in r.headers.iter() {
+                    let v = std::str::from_utf8(h.value).unwrap_or("").trim();
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        length = v.parse::<usize>().ok();
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        chunked = v.eq_ignore_ascii_case("chunked");
+                    } else if h.name.eq_ignore_ascii_case("connection") {
+                        close = v.eq_ignore_ascii_case("close");
+                    }
+                }
+                break (r.code.unwrap_or(0), n, length, chunked, close);
+            }
+            Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
+            _ => return Answer::Broken,
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Answer::Broken,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let ok = (200..300).contains(&status);
+    let mut body_seen = buf.len() - head_len;
+    let mut decoder = chunked.then(Chunked::default);
+    let mut sink = Vec::new();
+    if let Some(d) = &mut decoder {
+        d.feed(&buf[head_len..], &mut sink);
+    }
+    // Bounded: 64 KiB of body at most, and every read either makes progress or ends.
+    loop {
+        let complete = match (&decoder, length) {
+            (Some(d), _) => d.ended,
+            (None, Some(l)) => body_seen >= l,
+            (None, None) => false,
+        };
+        if complete {
+            return Answer::Done { ok, keep: !close };
+        }
+        if body_seen > 64 * 1024 {
+            return Answer::Broken;
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) if decoder.is_none() && length.is_none() => {
+                return Answer::Done { ok, keep: false };
+            }
+            Ok(0) | Err(_) => return Answer::Broken,
+            Ok(n) => {
+                body_seen += n;
+                if let Some(d) = &mut decoder {
+                    sink.clear();
+                    d.feed(&chunk[..n], &mut sink);
+                }
             }
         }
     }
@@ -574,6 +681,18 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i] as f64 / 1000.0
+}
+
+/// Waits for publisher tasks until `until`, then aborts the rest: a server that stops
+/// answering ends the scenario instead of hanging it (publishers keep no per-request timer).
+async fn join_bounded(tasks: Vec<tokio::task::JoinHandle<()>>, until: Instant) {
+    for task in tasks {
+        let left = until.saturating_duration_since(Instant::now());
+        let abort = task.abort_handle();
+        if tokio::time::timeout(left, task).await.is_err() {
+            abort.abort();
+        }
+    }
 }
 
 type Rows = Vec<(String, String)>;
@@ -609,11 +728,7 @@ async fn latency(t: &Target, o: &Opts, rows: &mut Rows) {
         let (t2, ps, p) = (t.publ.clone(), ps.clone(), p.clone());
         let lateness = lateness.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tx = Publisher {
-                t: t2.clone(),
-                tx: None,
-                stats: ps,
-            };
+            let mut tx = Publisher::new(t2.clone(), ps);
             let mut late: Vec<u64> = Vec::new();
             while let Some(i) = due.recv().await {
                 let at = send_time(i);
@@ -636,9 +751,7 @@ async fn latency(t: &Target, o: &Opts, rows: &mut Rows) {
         // Dropping the queues ends the publisher tasks once they have sent everything.
     });
     let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
-    for task in tasks {
-        let _ = task.await;
-    }
+    join_bounded(tasks, Instant::now() + Duration::from_secs(10)).await;
     let expected = ps.ok.load(Ordering::Relaxed) * 2;
     wait_delivered(&subs, expected, Duration::from_secs(5)).await;
     stop.cancel();
@@ -706,11 +819,7 @@ async fn throughput(t: &Target, o: &Opts, rooms: usize, per_room: usize, rows: &
     for c in 0..o.publishers {
         let (t2, ps, p) = (t.publ.clone(), ps.clone(), p.clone());
         tasks.push(tokio::spawn(async move {
-            let mut tx = Publisher {
-                t: t2.clone(),
-                tx: None,
-                stats: ps,
-            };
+            let mut tx = Publisher::new(t2.clone(), ps);
             let mut j = 0u64;
             // Bounded by time and by count.
             while t0.elapsed() < dur && j < 10_000_000 {
@@ -721,9 +830,7 @@ async fn throughput(t: &Target, o: &Opts, rooms: usize, per_room: usize, rows: &
             }
         }));
     }
-    for task in tasks {
-        let _ = task.await;
-    }
+    join_bounded(tasks, Instant::now() + dur + Duration::from_secs(10)).await;
     let secs = t0.elapsed().as_secs_f64();
     let delivered_in_time = subs.received.load(Ordering::Relaxed);
     let ok = ps.ok.load(Ordering::Relaxed);

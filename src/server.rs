@@ -1,11 +1,13 @@
 //! The accept loops and connection handling: one task per listener accepting TCP connections,
-//! each served by hyper (HTTP/1.1, or HTTP/2 with prior knowledge) and watched by one
-//! `GracefulShutdown`, which `serve` drains when the shutdown token fires.
+//! each served directly (a plain-http stream, `http::direct`) or by hyper (HTTP/1.1, or HTTP/2
+//! with prior knowledge or ALPN) and watched by one `GracefulShutdown`, which `serve` drains
+//! when the shutdown token fires.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -20,16 +22,19 @@ use crate::limits::{ConnectionLimits, ConnectionRefusal};
 /// Serves every listener until `shutdown` fires, then waits up to the drain timeout for open
 /// connections (SSE streams end by themselves on shutdown; in-flight POSTs finish).
 pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: CancellationToken) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    auto.http1()
         .timer(TokioTimer::new())
         // Slowloris: a client that dribbles its request head is cut off.
         .header_read_timeout(app.config.header_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-
-    let builder = Arc::new(builder);
+    auto.http2().timer(TokioTimer::new());
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config.header_timeout)
+        .keep_alive(true);
+    let builder = Arc::new(Builders { auto, http1 });
     // Shared by the accept loops, which take one watcher per connection; unwrapped again to
     // drain once they have all returned.
     let graceful = Arc::new(GracefulShutdown::new());
@@ -108,6 +113,14 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
     }
 }
 
+/// hyper's connection settings. Plain connections that cannot be HTTP/2 (their first bytes
+/// say so) go straight to HTTP/1, skipping the version detection of `auto` on every request
+/// of a keep-alive publisher; TLS (ALPN) and possible h2c connections use `auto`.
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+}
+
 /// Refused connections being answered at once (see `serve`).
 const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 
@@ -141,7 +154,7 @@ async fn refuse(stream: TcpStream, refusal: ConnectionRefusal, plain: bool) {
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     watcher: Watcher,
     app: App,
 ) {
@@ -158,7 +171,7 @@ async fn connection(
 async fn plain_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     watcher: Watcher,
     app: App,
 ) {
@@ -177,9 +190,20 @@ async fn plain_connection(
             // Held until here so that a graceful shutdown waits for the stream to end too.
             drop(watcher);
         }
-        Sniffed::Other => {
+        Sniffed::Other { maybe_h2: false } => {
+            Box::pin(serve_http1(stream, peer, &builder.http1, watcher, app)).await
+        }
+        Sniffed::Other { maybe_h2: true } => {
             let transport = Transport::Plain;
-            Box::pin(serve_io(stream, peer, &builder, watcher, app, transport)).await
+            Box::pin(serve_io(
+                stream,
+                peer,
+                &builder.auto,
+                watcher,
+                app,
+                transport,
+            ))
+            .await
         }
         Sniffed::Gone => {}
     }
@@ -188,7 +212,7 @@ async fn plain_connection(
 async fn tls_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     watcher: Watcher,
     app: App,
     tls: crate::tls::Tls,
@@ -201,12 +225,20 @@ async fn tls_connection(
     }
     if first[0] != 0x16 {
         let transport = Transport::PlainOnTlsPort;
-        return serve_io(stream, peer, &builder, watcher, app, transport).await;
+        return serve_io(stream, peer, &builder.auto, watcher, app, transport).await;
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
         Ok(Ok(tls_stream)) => {
-            serve_io(tls_stream, peer, &builder, watcher, app, Transport::Tls).await
+            serve_io(
+                tls_stream,
+                peer,
+                &builder.auto,
+                watcher,
+                app,
+                Transport::Tls,
+            )
+            .await
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -230,6 +262,25 @@ async fn serve_io<I>(
     let service = service_fn(move |req| app.clone().handle(req, client));
     let connection = builder.serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A plain connection known to speak HTTP/1.
+async fn serve_http1(
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: &http1::Builder,
+    watcher: Watcher,
+    app: App,
+) {
+    let client = Client {
+        addr: peer,
+        transport: Transport::Plain,
+    };
+    let service = service_fn(move |req| app.clone().handle(req, client));
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

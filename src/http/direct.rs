@@ -32,8 +32,9 @@ use crate::sse;
 pub enum Sniffed {
     /// `GET /stream?...` or `GET /stream HTTP/...`: serve it here.
     Stream,
-    /// Anything else: hyper's.
-    Other,
+    /// Anything else: hyper's. `maybe_h2`: the bytes seen so far could begin HTTP/2's
+    /// connection preface (h2c with prior knowledge); otherwise it is HTTP/1.
+    Other { maybe_h2: bool },
     /// Closed, failed, or silent past the header timeout.
     Gone,
 }
@@ -66,11 +67,15 @@ pub async fn sniff(stream: &TcpStream, deadline: Instant) -> Sniffed {
             return if stream_target {
                 Sniffed::Stream
             } else {
-                Sniffed::Other
+                Sniffed::Other {
+                    maybe_h2: could_be_h2(seen),
+                }
             };
         }
         if !STREAM_PREFIX.starts_with(seen) {
-            return Sniffed::Other;
+            return Sniffed::Other {
+                maybe_h2: could_be_h2(seen),
+            };
         }
         // A prefix of it so far. `peek` returns at once while those bytes wait, so pause
         // before looking again (a head arriving in pieces is rare; the deadline bounds this).
@@ -79,6 +84,14 @@ pub async fn sniff(stream: &TcpStream, deadline: Instant) -> Sniffed {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// HTTP/2's client connection preface (RFC 9113 3.4), as far as `sniff` looks.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a connection that starts with `seen` may be HTTP/2 with prior knowledge.
+fn could_be_h2(seen: &[u8]) -> bool {
+    H2_PREFACE.starts_with(seen) || seen.starts_with(H2_PREFACE)
 }
 
 /// A stream request that passed every check: the socket, the subscription, and the stream's

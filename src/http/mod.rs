@@ -27,6 +27,7 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::limits::RateLimiter;
 use crate::metrics::{self, Metrics};
+use crate::names::PublishTarget;
 use crate::peers::PeerTokens;
 use crate::Config;
 
@@ -150,8 +151,10 @@ impl App {
         client: Client,
     ) -> Result<Response<Body>, Infallible> {
         let started = std::time::Instant::now();
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        let route = metrics::route_of(req.uri().path());
+        // Copied only when they will be logged: this runs for every request.
+        let logged = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
         let result = match client.transport {
             Transport::PlainOnTlsPort => pages::to_https(&req),
             Transport::Plain | Transport::Tls => self.route(req, client).await,
@@ -160,9 +163,10 @@ impl App {
             self.metrics.refused(e.reason());
             e.into_response()
         });
-        self.metrics
-            .observe(metrics::route_of(&path), started.elapsed());
-        tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+        self.metrics.observe(route, started.elapsed());
+        if let Some((method, path)) = logged {
+            tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+        }
         Ok(response)
     }
 
@@ -193,8 +197,8 @@ impl App {
                     self.post_limiter
                         .check(client.addr.ip())
                         .map_err(ApiError::TooManyRequests)?;
-                    let rest = rest.to_owned();
-                    publish::publish(self, &rest, req).await?
+                    let target = PublishTarget::parse(rest)?;
+                    publish::publish(self, target, req).await?
                 }
                 Method::OPTIONS => origin::preflight(&verdict, "POST, OPTIONS"),
                 _ => return Err(ApiError::MethodNotAllowed("POST, OPTIONS")),

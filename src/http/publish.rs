@@ -10,16 +10,16 @@ use crate::error::ApiError;
 use crate::names::{ChannelName, PeerId, PublishTarget};
 use crate::sse::MessageTail;
 
-/// `rest` is the path after `/channel/send/`: exactly `NAME/TYPE`, each percent-decoded.
+/// `target` is what the path after `/channel/send/` names (`PublishTarget::parse`).
 pub async fn publish(
     app: &App,
-    rest: &str,
+    target: PublishTarget,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let PublishTarget {
         channel,
         event_type,
-    } = PublishTarget::parse(rest)?;
+    } = target;
     let from = sender(app, &channel, req.headers())?;
 
     let max = app.config.max_body;
