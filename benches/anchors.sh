@@ -6,9 +6,9 @@
 #   benches/anchors.sh start   # install what is missing, start both, print the load commands
 #   benches/anchors.sh stop    # stop what `start` started (by the PIDs it recorded)
 #   benches/anchors.sh compare # start, run `load all` on sigrelay, nchan and the seed, then
-#                              # two more latency + throughput rounds on sigrelay and nchan
-#                              # (medians of three printed at the end), stop. The seed runs
-#                              # at small sizes: it manages ~500 publishes/s. ~7 min.
+#                              # two more latency, throughput and nosub rounds on sigrelay
+#                              # and nchan (medians of three printed at the end), stop.
+#                              # The seed runs at small sizes (~300-500 publishes/s). ~8 min.
 #
 # Env: ANCHORS_DIR (state, default /tmp/sigrelay-anchors), NCHAN_PORT (18081),
 # SEED_PORT (18082), REDIS_PORT (18079), SEED_WORKERS (1).
@@ -142,13 +142,13 @@ load() { # label, load args...; also appended to $DIR/compare.log
     cargo bench -q --bench load -- "$@" 2>&1 | sed -n '/^target:/,$p' | tee -a "$DIR/compare.log"
 }
 
-# The median over the rounds in compare.log of each throughput and latency figure, per
-# server, next to sigrelay / nchan. A throughput round with errors or lost messages counts as
-# 0 pub/s; a latency round that lost messages is shown as lost.
+# The median over the rounds in compare.log of each throughput and latency figure and of the
+# no-subscriber publish / hyper hello ratio, per server, next to sigrelay / nchan. A throughput
+# round with errors or lost messages counts as 0 pub/s; latency rounds' losses are summed.
 medians() {
     python3 - "$DIR/compare.log" <<'PY'
 import re, statistics, sys
-tput, lat, lost, server = {}, {}, {}, None
+tput, lat, lost, nosub, server = {}, {}, {}, {}, None
 for line in open(sys.argv[1]):
     if line.startswith("== "):
         server = line[3:].split()[0]
@@ -160,6 +160,9 @@ for line in open(sys.argv[1]):
     m = re.match(r"\| latency (\d+) rooms .*\| p50 ([\d.]+) / p99 ([\d.]+) / p99.9 ([\d.]+) / max ([\d.]+) ms", line)
     if m and server:
         lat.setdefault((m.group(1), server), []).append([float(x) for x in m.groups()[1:]])
+    m = re.match(r"\| no-subscriber publish / hyper hello\s*\| ([\d.]+)x", line)
+    if m and server:
+        nosub.setdefault(server, []).append(float(m.group(1)))
     m = re.match(r"\| latency (\d+) rooms .*lost (\d+)", line)
     if m and server:
         lost[(m.group(1), server)] = lost.get((m.group(1), server), 0) + int(m.group(2))
@@ -184,6 +187,9 @@ for rooms in sorted({r for r, _ in lat}, key=int):
         rounds = f"{', '.join(str(r[i]) for r in s)}; {', '.join(str(r[i]) for r in n)}"
         print(f"| latency {rooms} rooms, {name} ms | {ms:.2f} | {mn:.2f} | {ratio} | {rounds} |")
     print(f"| latency {rooms} rooms, lost in all rounds | {lost.get((rooms, 'sigrelay'), '?')} | {lost.get((rooms, 'nchan'), '?')} | | |")
+s, n = nosub.get("sigrelay", []), nosub.get("nchan", [])
+if s and n:
+    print(f"| publish, no subscribers, / hyper hello | {med(s):.2f}x | {med(n):.2f}x | | {', '.join(map(str, s))}; {', '.join(map(str, n))} |")
 PY
 }
 
@@ -200,15 +206,17 @@ compare)
     load nchan all "${NCHAN_URLS[@]}" --server-pid "$nginx_pids"
     load seed all --rooms 100 --rate 200 --duration 5 --publishers 16 --n 1000 \
         "${SEED_URLS[@]}" --server-pid "$seed_pids"
-    # Throughput and tail latency move by a quarter from one run to the next on a shared
-    # 2-core machine: two more rounds, the servers taking turns, and the median of three.
+    # Throughput, tail latency and the hello ratio move by a quarter from one run to the next
+    # on a shared 2-core machine: two more rounds, the servers taking turns, median of three.
     # Each round on a fresh server, as sigrelay's are (`load` starts one per run).
     for round in 2 3; do
         restart_nchan
         load "nchan round $round" latency "${NCHAN_URLS[@]}"
         load "nchan round $round" throughput "${NCHAN_URLS[@]}"
+        load "nchan round $round" nosub "${NCHAN_URLS[@]}"
         load "sigrelay round $round" latency
         load "sigrelay round $round" throughput
+        load "sigrelay round $round" nosub
     done
     medians
     ;;
