@@ -65,12 +65,27 @@ impl MessageTail {
     pub fn with_id(&self, id: u64) -> Bytes {
         let mut frame = BytesMut::with_capacity(self.0.len() + 26);
         frame.put_slice(b"id: ");
-        // Digits straight into the frame (no String per publish).
-        let _ = std::fmt::Write::write_fmt(&mut frame, format_args!("{id}"));
+        put_decimal(&mut frame, id);
         frame.put_u8(b'\n');
         frame.put_slice(&self.0);
         frame.freeze()
     }
+}
+
+/// Writes `n` in decimal: digits straight into the buffer, without the formatting machinery
+/// (this runs for every publish, twice).
+pub fn put_decimal(out: &mut impl BufMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[start..]);
 }
 
 /// A frame the relay itself emits (`presence`, `gap`). `data_json` is one line of JSON built by
@@ -224,6 +239,15 @@ mod tests {
     fn message_of(data: &str) -> String {
         let v: serde_json::Value = serde_json::from_str(data).unwrap();
         v["message"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 99, 1_000_000, 1_796_179_656_403_971, u64::MAX] {
+            let mut out = Vec::new();
+            put_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
     }
 
     #[test]

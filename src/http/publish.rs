@@ -1,14 +1,14 @@
 //! `POST /channel/send/NAME/TYPE`: validates the target and body, publishes, and answers
 //! `{"id": N, "subscribers": N}`. Nothing invalid is ever broadcast.
 
-use http::{header, HeaderMap, Request, Response};
+use http::{header, HeaderMap, HeaderName, Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use super::{pages, App, Body};
 use crate::error::ApiError;
 use crate::names::{ChannelName, PeerId, PublishTarget};
-use crate::sse::MessageTail;
+use crate::sse::{self, MessageTail};
 
 /// `target` is what the path after `/channel/send/` names (`PublishTarget::parse`).
 pub async fn publish(
@@ -53,14 +53,18 @@ pub async fn publish(
     let tail = MessageTail::from_peer(event_type.as_str(), body, from.as_ref().map(PeerId::as_str));
     let published = app.hub.publish(&channel, &tail).await?;
     app.metrics.published();
-    Ok(pages::json(
-        format!(
-            "{{\"id\": {}, \"subscribers\": {}}}\n",
-            published.id, published.subscribers
-        )
-        .into(),
-    ))
+    let mut answer = Vec::with_capacity(64);
+    answer.extend_from_slice(b"{\"id\": ");
+    sse::put_decimal(&mut answer, published.id);
+    answer.extend_from_slice(b", \"subscribers\": ");
+    sse::put_decimal(&mut answer, published.subscribers as u64);
+    answer.extend_from_slice(b"}\n");
+    Ok(pages::json(answer.into()))
 }
+
+/// The peer headers, parsed once (a `&str` name would be parsed and checked on every lookup).
+const PEER_HEADER: HeaderName = HeaderName::from_static("x-sigrelay-peer");
+const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-sigrelay-token");
 
 /// The verified sender of a publish: the peer whose token (from its stream's `welcome` event)
 /// came in `X-Sigrelay-Peer` / `X-Sigrelay-Token`. Anonymous is allowed unless
@@ -71,7 +75,7 @@ fn sender(
     channel: &ChannelName,
     headers: &HeaderMap,
 ) -> Result<Option<PeerId>, ApiError> {
-    let text = |name: &str| {
+    let text = |name: &HeaderName| {
         headers
             .get(name)
             .map(|v| {
@@ -80,7 +84,7 @@ fn sender(
             })
             .transpose()
     };
-    match (text("x-sigrelay-peer")?, text("x-sigrelay-token")?) {
+    match (text(&PEER_HEADER)?, text(&TOKEN_HEADER)?) {
         (None, None) if app.config.strict_peers => Err(ApiError::PeerRefused(
             "a peer token for this channel is required",
         )),
