@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::http::direct::{self, Sniffed};
+use crate::http::direct_publish::{self, Served};
 use crate::http::{App, Client, Transport};
 use crate::limits::{ConnectionLimits, ConnectionRefusal};
 
@@ -89,7 +90,14 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
                 };
                 let watcher = graceful.watcher();
                 let open = app.metrics.connection_opened();
-                let served = connection(stream, peer, builder.clone(), watcher, app.clone());
+                let served = connection(
+                    stream,
+                    peer,
+                    builder.clone(),
+                    watcher,
+                    app.clone(),
+                    shutdown.clone(),
+                );
                 tokio::spawn(async move {
                     served.await;
                     drop((permit, open));
@@ -157,9 +165,10 @@ async fn connection(
     builder: Arc<Builders>,
     watcher: Watcher,
     app: App,
+    shutdown: CancellationToken,
 ) {
     let Some(tls) = app.config.tls.clone() else {
-        return plain_connection(stream, peer, builder, watcher, app).await;
+        return plain_connection(stream, peer, builder, watcher, app, shutdown).await;
     };
     // Boxed, like hyper's connections below: every connection's task is sized for its largest
     // state, and an idle SSE stream's (served directly) is far smaller than a TLS handshake's.
@@ -167,13 +176,15 @@ async fn connection(
 }
 
 /// Plain http: a first request for `/stream` is served on the socket directly (small idle
-/// streams, `http::direct`); anything else goes to hyper.
+/// streams, `http::direct`), and so are publishes of the plain shape (`http::direct_publish`);
+/// anything else goes to hyper.
 async fn plain_connection(
     stream: TcpStream,
     peer: SocketAddr,
     builder: Arc<Builders>,
     watcher: Watcher,
     app: App,
+    shutdown: CancellationToken,
 ) {
     let head_deadline = tokio::time::Instant::now() + app.config.header_timeout;
     match direct::sniff(&stream, head_deadline).await {
@@ -189,6 +200,16 @@ async fn plain_connection(
             }
             // Held until here so that a graceful shutdown waits for the stream to end too.
             drop(watcher);
+        }
+        Sniffed::Publish => {
+            let client = Client {
+                addr: peer,
+                transport: Transport::Plain,
+            };
+            let served = Box::pin(direct_publish::serve(stream, client, &app, &shutdown)).await;
+            if let Served::ToHyper(io) = served {
+                Box::pin(serve_http1(io, peer, &builder.http1, watcher, app)).await;
+            }
         }
         Sniffed::Other { maybe_h2: false } => {
             Box::pin(serve_http1(stream, peer, &builder.http1, watcher, app)).await
@@ -267,13 +288,15 @@ async fn serve_io<I>(
 }
 
 /// A plain connection known to speak HTTP/1.
-async fn serve_http1(
-    stream: TcpStream,
+async fn serve_http1<I>(
+    stream: I,
     peer: SocketAddr,
     builder: &http1::Builder,
     watcher: Watcher,
     app: App,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let client = Client {
         addr: peer,
         transport: Transport::Plain,

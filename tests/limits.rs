@@ -88,29 +88,11 @@ async fn slow_bodies_get_408_and_slow_heads_are_closed() {
 
     // Slowloris: one header byte at a time, slower than the head timeout allows.
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    let started = Instant::now();
-    let mut closed = false;
-    for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa" {
-        if stream.write_all(&[*byte]).await.is_err() {
-            closed = true;
-            break;
-        }
-        let mut buf = [0u8; 256];
-        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                closed = true;
-                break;
-            }
-            Ok(Ok(_)) => {} // a 408 answer; the close follows
-            Err(_) => {}
-        }
-    }
-    assert!(closed, "a dribbling client must be cut off");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    dribble_until_closed(
+        &mut stream,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaa",
+    )
+    .await;
     // Everyone else is still served.
     assert_eq!(server.health().await["status"], "ok");
 }
@@ -147,4 +129,55 @@ async fn channels_in_total_and_streams_per_channel() {
         "still here"
     );
     assert_eq!(server.health().await["channels"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_publishers_are_cut_off_on_the_direct_path_too() {
+    let server = TestServer::with(|c| c.header_timeout = Duration::from_millis(500)).await;
+    // Slowloris after a first, plain publish on a kept-alive connection.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"POST /channel/send/slow/m HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&buf[..n])), 200);
+    dribble_until_closed(
+        &mut stream,
+        b"POST /channel/send/slow/m HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaa",
+    )
+    .await;
+    assert_eq!(server.health().await["status"], "ok");
+}
+
+/// Sends `head` a byte every 200 ms (slower than the tests' header timeout allows) and asserts
+/// the server cuts the connection off within 3 s.
+async fn dribble_until_closed(stream: &mut TcpStream, head: &[u8]) {
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in head {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            // A 408 answer (the close follows), or nothing yet.
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    assert!(closed, "a dribbling client must be cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

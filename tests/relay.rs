@@ -523,3 +523,138 @@ async fn streams_served_directly_and_through_hyper_say_the_same() {
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("connection: close"), "{text}");
 }
+
+/// Reads one response with a `content-length` body from a kept-alive connection.
+async fn read_one_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(pending).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            if pending.len() >= end + 4 + length {
+                let rest = pending.split_off(end + 4 + length);
+                let whole = String::from_utf8_lossy(pending).into_owned();
+                *pending = rest;
+                return whole;
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "closed early after {text:?}");
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publishes_served_directly_and_through_hyper_say_the_same() {
+    let server = TestServer::start().await;
+    let mut listener = server.subscribe("pub").await;
+    listener.welcome().await;
+
+    // One keep-alive connection: plain publishes (served directly), then a chunked one (handed
+    // to hyper with the bytes already read), then a plain one again (hyper keeps it), and two
+    // pipelined in one write.
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    let mut pending = Vec::new();
+    let plain = |body: &str| {
+        format!(
+            "POST /channel/send/pub/m HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    conn.write_all(plain("one").as_bytes()).await.unwrap();
+    let first = read_one_response(&mut conn, &mut pending).await;
+    assert_eq!(status_of(&first), 200, "{first}");
+    assert!(
+        first.contains("content-type: application/json\r\n"),
+        "{first}"
+    );
+    assert!(!first.contains("connection: close"), "{first}");
+    assert!(first.contains("\"subscribers\": 1"), "{first}");
+    // Split across writes: head, then body.
+    let split = plain("two");
+    let (head, body) = split.split_at(split.len() - 3);
+    conn.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    conn.write_all(body.as_bytes()).await.unwrap();
+    assert_eq!(
+        status_of(&read_one_response(&mut conn, &mut pending).await),
+        200
+    );
+    conn.write_all(
+        b"POST /channel/send/pub/m HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nthree\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let chunked = read_one_response(&mut conn, &mut pending).await;
+    assert_eq!(status_of(&chunked), 200, "{chunked}");
+    assert!(chunked.contains("date: "), "hyper answered: {chunked}");
+    let pipelined = format!("{}{}", plain("four"), plain("five"));
+    conn.write_all(pipelined.as_bytes()).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            status_of(&read_one_response(&mut conn, &mut pending).await),
+            200
+        );
+    }
+    let mut fresh = TcpStream::connect(server.addr).await.unwrap();
+    let mut fresh_pending = Vec::new();
+    let pipelined = format!("{}{}", plain("six"), plain("seven"));
+    fresh.write_all(pipelined.as_bytes()).await.unwrap();
+    for _ in 0..2 {
+        let answer = read_one_response(&mut fresh, &mut fresh_pending).await;
+        assert_eq!(status_of(&answer), 200, "{answer}");
+        assert!(!answer.contains("date: "), "served directly: {answer}");
+    }
+    for expected in ["one", "two", "three", "four", "five", "six", "seven"] {
+        let event = listener.next_message().await.expect("event");
+        assert_eq!(message_of(&event), expected);
+    }
+
+    // The same refusals both ways (a chunked body sends the request to hyper).
+    for (target, status) in [
+        ("/channel/send/a%zz/m", 400),
+        ("/channel/send/a/b/c", 400),
+        ("/channel/send/pub/m", 403),
+    ] {
+        let origin = if status == 403 {
+            "Origin: https://evil.example\r\n"
+        } else {
+            ""
+        };
+        let direct = raw(
+            server.addr,
+            format!("POST {target} HTTP/1.1\r\nHost: x\r\n{origin}Connection: close\r\nContent-Length: 1\r\n\r\nx").as_bytes(),
+        )
+        .await;
+        let hyper = raw(
+            server.addr,
+            format!("POST {target} HTTP/1.1\r\nHost: x\r\n{origin}Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status_of(&direct), status, "{direct}");
+        assert_eq!(status_of(&hyper), status, "{hyper}");
+        let body = |t: &str| t.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        assert_eq!(body(&direct), body(&hyper));
+        assert!(body(&direct).starts_with("{\"error\":"), "{direct}");
+    }
+    // Connection: close is honoured: the answer, then the end.
+    let closed = raw(
+        server.addr,
+        b"POST /channel/send/pub/m HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\neight",
+    )
+    .await;
+    assert_eq!(status_of(&closed), 200, "{closed}");
+    assert!(closed.contains("connection: close\r\n"), "{closed}");
+    assert_eq!(
+        message_of(&listener.next_message().await.expect("event")),
+        "eight"
+    );
+}

@@ -32,6 +32,8 @@ use crate::sse;
 pub enum Sniffed {
     /// `GET /stream?...` or `GET /stream HTTP/...`: serve it here.
     Stream,
+    /// `POST /channel/send/...`: a publisher (`direct_publish`).
+    Publish,
     /// Anything else: hyper's. `maybe_h2`: the bytes seen so far could begin HTTP/2's
     /// connection preface (h2c with prior knowledge); otherwise it is HTTP/1.
     Other { maybe_h2: bool },
@@ -40,6 +42,7 @@ pub enum Sniffed {
 }
 
 const STREAM_PREFIX: &[u8] = b"GET /stream";
+const PUBLISH_PREFIX: &[u8] = b"POST /channel/send/";
 /// Largest request head read here (hyper's own limit is larger, but a stream request carries
 /// a short query and a browser's usual headers).
 const MAX_HEAD: usize = 16 * 1024;
@@ -51,39 +54,50 @@ const MAX_BATCH: usize = 32;
 /// meanwhile resumes from history or reports a gap, so nothing is lost silently).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Looks at a new connection's first bytes without consuming them, so hyper can still read
-/// them. `deadline`: the connection's header timeout.
+/// Looks at a plain-http connection's first bytes, without consuming them, until they say
+/// what the connection is (bounded by `deadline`).
 pub async fn sniff(stream: &TcpStream, deadline: Instant) -> Sniffed {
-    let mut buf = [0u8; STREAM_PREFIX.len() + 1];
+    let mut buf = [0u8; PUBLISH_PREFIX.len() + 1];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => n,
             _ => return Sniffed::Gone,
         };
-        let seen = &buf[..n];
-        if n == buf.len() {
-            let stream_target =
-                seen.starts_with(STREAM_PREFIX) && matches!(seen[n - 1], b'?' | b' ');
-            return if stream_target {
-                Sniffed::Stream
-            } else {
-                Sniffed::Other {
-                    maybe_h2: could_be_h2(seen),
-                }
-            };
+        if let Some(sniffed) = classify(&buf[..n]) {
+            return sniffed;
         }
-        if !STREAM_PREFIX.starts_with(seen) {
-            return Sniffed::Other {
-                maybe_h2: could_be_h2(seen),
-            };
-        }
-        // A prefix of it so far. `peek` returns at once while those bytes wait, so pause
-        // before looking again (a head arriving in pieces is rare; the deadline bounds this).
+        // A prefix of one of ours so far. `peek` returns at once while those bytes wait, so
+        // pause before looking again (a head arriving in pieces is rare; the deadline bounds
+        // this).
         if Instant::now() >= deadline {
             return Sniffed::Gone;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// What a connection starting with `seen` is; `None` while `seen` is still a prefix of
+/// `GET /stream` + one byte or of `POST /channel/send/`.
+fn classify(seen: &[u8]) -> Option<Sniffed> {
+    if seen.len() > STREAM_PREFIX.len() && seen.starts_with(STREAM_PREFIX) {
+        let stream_target = matches!(seen[STREAM_PREFIX.len()], b'?' | b' ');
+        return Some(if stream_target {
+            Sniffed::Stream
+        } else {
+            Sniffed::Other { maybe_h2: false }
+        });
+    }
+    if seen.starts_with(PUBLISH_PREFIX) {
+        return Some(Sniffed::Publish);
+    }
+    let undecided = (seen.len() <= STREAM_PREFIX.len() && STREAM_PREFIX.starts_with(seen))
+        || (seen.len() < PUBLISH_PREFIX.len() && PUBLISH_PREFIX.starts_with(seen));
+    if undecided {
+        return None;
+    }
+    Some(Sniffed::Other {
+        maybe_h2: could_be_h2(seen),
+    })
 }
 
 /// HTTP/2's client connection preface (RFC 9113 3.4), as far as `sniff` looks.
@@ -127,7 +141,7 @@ pub async fn accept(
         Ok((headers, open)) => {
             // Close-delimited (no chunked framing): the stream is the last thing on this
             // connection. The header map is dropped here, not kept for the stream's life.
-            let mut first = response_head(StatusCode::OK, &headers, None);
+            let mut first = response_head(StatusCode::OK, &headers, None, false);
             first.extend_from_slice(&open.first);
             app.metrics.stream_bytes(open.first.len());
             Some(Accepted {
@@ -139,7 +153,7 @@ pub async fn accept(
         Err(e) => {
             app.metrics.refused(e.reason());
             tracing::debug!(status = e.status().as_u16(), "stream refused");
-            let answer = encode_response(e.into_response()).await;
+            let answer = encode_response(e.into_response(), false).await;
             answer_and_close(stream, &answer).await;
             None
         }
@@ -184,6 +198,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request<()>>, ApiError> {
         Err(httparse::Error::TooManyHeaders) => return Err(ApiError::HeadTooLarge),
         Err(e) => return Err(ApiError::BadRequest(format!("malformed request head: {e}"))),
     }
+    request_from(&head).map(Some)
+}
+
+/// The `http` request for a parsed head, to run the same checks hyper's requests go through.
+pub(super) fn request_from(head: &httparse::Request) -> Result<Request<()>, ApiError> {
     let version = match head.version {
         Some(0) => http::Version::HTTP_10,
         _ => http::Version::HTTP_11,
@@ -197,7 +216,6 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request<()>>, ApiError> {
     }
     builder
         .body(())
-        .map(Some)
         .map_err(|e| ApiError::BadRequest(format!("malformed request head: {e}")))
 }
 
@@ -318,12 +336,13 @@ fn write_some(stream: &TcpStream, frames: &mut [Bytes], next: &mut usize) -> io:
     Ok(())
 }
 
-/// An HTTP/1.1 response head; `connection: close` always, as nothing follows on this
-/// connection.
-fn response_head(
+/// An HTTP/1.1 response head; `connection: close` unless `keep_alive` (only a publish
+/// answer, which has a length, is followed by more on its connection).
+pub(super) fn response_head(
     status: StatusCode,
     headers: &HeaderMap,
     content_length: Option<usize>,
+    keep_alive: bool,
 ) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 ");
@@ -338,20 +357,26 @@ fn response_head(
         head.extend_from_slice(b"\r\n");
     }
     if let Some(length) = content_length {
-        head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
+        head.extend_from_slice(b"content-length: ");
+        sse::put_decimal(&mut head, length as u64);
+        head.extend_from_slice(b"\r\n");
     }
-    head.extend_from_slice(b"connection: close\r\n\r\n");
+    if !keep_alive {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
     head
 }
 
-/// A whole response (an error's one-line JSON) as bytes.
-async fn encode_response(response: Response<Body>) -> Vec<u8> {
+/// A whole response with a complete body (an error's one-line JSON, a publish answer) as
+/// bytes.
+pub(super) async fn encode_response(response: Response<Body>, keep_alive: bool) -> Vec<u8> {
     let (parts, body) = response.into_parts();
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(never) => match never {},
     };
-    let mut bytes = response_head(parts.status, &parts.headers, Some(body.len()));
+    let mut bytes = response_head(parts.status, &parts.headers, Some(body.len()), keep_alive);
     bytes.extend_from_slice(&body);
     bytes
 }
@@ -403,7 +428,7 @@ mod tests {
     fn response_heads_close_the_connection() {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", "text/event-stream".parse().unwrap());
-        let head = response_head(StatusCode::OK, &headers, None);
+        let head = response_head(StatusCode::OK, &headers, None, false);
         assert_eq!(
             head,
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"

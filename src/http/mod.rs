@@ -6,10 +6,13 @@
 //! - `direct.rs`  the same, served on the socket outside hyper for plain-http connections whose
 //!   first request it is (small idle streams, one `writev` per batch of frames)
 //! - `publish.rs` `POST /channel/send/NAME/TYPE`
+//! - `direct_publish.rs` the same, served on the socket outside hyper for plain-http
+//!   connections that start with one and keep to the plain shape of a publish
 //! - `pages.rs`   `GET /`, `/r/ROOM`, `/assets/...`, `/config`, `/qr.svg`, the https redirect;
 //!   `/healthz` and `/metrics` are answered here
 
 pub mod direct;
+pub mod direct_publish;
 mod origin;
 mod pages;
 mod publish;
@@ -142,6 +145,40 @@ impl App {
         stream::stream_headers(&mut headers);
         origin::decorate(&mut headers, &verdict);
         Ok((headers, open))
+    }
+
+    /// `POST /channel/send/...` for `direct_publish.rs`: the checks and the publish `route`
+    /// makes for it, on a head parsed there and a body read there. Errors are answered here.
+    pub async fn publish_direct(
+        &self,
+        req: &Request<()>,
+        client: Client,
+        body: &[u8],
+    ) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let result = async {
+            require_host(req)?;
+            let verdict = origin::check(req, client.transport, &self.config.cors_origins)?;
+            self.post_limiter
+                .check(client.addr.ip())
+                .map_err(ApiError::TooManyRequests)?;
+            let rest = req.uri().path().strip_prefix("/channel/send/");
+            let target = PublishTarget::parse(rest.ok_or(ApiError::NotFound)?)?;
+            let from = publish::sender(self, &target.channel, req.headers())?;
+            if body.len() > self.config.max_body {
+                return Err(ApiError::PayloadTooLarge(self.config.max_body));
+            }
+            let mut response = publish::publish_body(self, target, from, body).await?;
+            origin::decorate(response.headers_mut(), &verdict);
+            Ok(response)
+        }
+        .await;
+        let response = result.unwrap_or_else(|e| {
+            self.metrics.refused(e.reason());
+            e.into_response()
+        });
+        self.metrics.observe("publish", started.elapsed());
+        response
     }
 
     /// The service: route, run, and map errors. Never fails at the hyper level.

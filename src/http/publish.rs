@@ -16,11 +16,7 @@ pub async fn publish(
     target: PublishTarget,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let PublishTarget {
-        channel,
-        event_type,
-    } = target;
-    let from = sender(app, &channel, req.headers())?;
+    let from = sender(app, &target.channel, req.headers())?;
 
     let max = app.config.max_body;
     // Refuse a declared oversize body before reading a byte of it.
@@ -47,7 +43,23 @@ pub async fn publish(
             }
         })?
         .to_bytes();
-    let body = std::str::from_utf8(&body)
+    publish_body(app, target, from, &body).await
+}
+
+/// What every publish does once its sender is known and its body read, whichever way it came
+/// (hyper, or `direct_publish`): check the body, encode the event once, publish, answer
+/// `{"id": N, "subscribers": N}`.
+pub async fn publish_body(
+    app: &App,
+    target: PublishTarget,
+    from: Option<PeerId>,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    let PublishTarget {
+        channel,
+        event_type,
+    } = target;
+    let body = std::str::from_utf8(body)
         .map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
 
     let tail = MessageTail::from_peer(event_type.as_str(), body, from.as_ref().map(PeerId::as_str));
@@ -70,7 +82,7 @@ const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-sigrelay-token");
 /// came in `X-Sigrelay-Peer` / `X-Sigrelay-Token`. Anonymous is allowed unless
 /// `--strict-peers`; a token that does not fit the channel is refused either way, so a client
 /// that believes it is identified never has its events go out unstamped.
-fn sender(
+pub fn sender(
     app: &App,
     channel: &ChannelName,
     headers: &HeaderMap,
