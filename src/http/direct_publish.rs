@@ -347,6 +347,29 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// Any bytes, and any one-byte change to a plain publish: never a panic, and a head
+        /// taken as plain is within the buffer and the body limit.
+        #[test]
+        fn parse_is_total(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            at in 0usize..80,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let _ = parse(&noise, 1000);
+            let mut request =
+                b"POST /channel/send/a/b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                    .to_vec();
+            let at = at.min(request.len() - 1);
+            request[at] = byte;
+            if let Parsed::Plain(head) = parse(&request, 1000) {
+                proptest::prop_assert!(head.head_len <= request.len());
+                proptest::prop_assert!(head.content_length <= 1000);
+                proptest::prop_assert_eq!(&request[head.head_len - 4..head.head_len], b"\r\n\r\n");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn prefixed_reads_the_prefix_first() {
         use tokio::io::AsyncReadExt;
