@@ -202,7 +202,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request<()>>, ApiError> {
 }
 
 /// The `http` request for a parsed head, to run the same checks hyper's requests go through.
-pub(super) fn request_from(head: &httparse::Request) -> Result<Request<()>, ApiError> {
+fn request_from(head: &httparse::Request) -> Result<Request<()>, ApiError> {
     let version = match head.version {
         Some(0) => http::Version::HTTP_10,
         _ => http::Version::HTTP_11,

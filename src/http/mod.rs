@@ -51,6 +51,13 @@ pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
 }
 
+/// A publish that went out, for `direct_publish.rs` to answer: the JSON, and the origin to
+/// echo in `Access-Control-Allow-Origin` when a listed foreign origin sent it.
+pub struct PublishedAnswer {
+    pub json: Bytes,
+    pub cors_origin: Option<http::HeaderValue>,
+}
+
 /// Who is asking, and over what.
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
@@ -148,13 +155,14 @@ impl App {
     }
 
     /// `POST /channel/send/...` for `direct_publish.rs`: the checks and the publish `route`
-    /// makes for it, on a head parsed there and a body read there. Errors are answered here.
+    /// makes for it, on a head parsed there and a body read there. A refusal comes back as
+    /// the same response the route would give.
     pub async fn publish_direct(
         &self,
         req: &Request<()>,
         client: Client,
         body: &[u8],
-    ) -> Response<Body> {
+    ) -> Result<PublishedAnswer, Response<Body>> {
         let started = std::time::Instant::now();
         let result = async {
             require_host(req)?;
@@ -168,17 +176,18 @@ impl App {
             if body.len() > self.config.max_body {
                 return Err(ApiError::PayloadTooLarge(self.config.max_body));
             }
-            let mut response = publish::publish_body(self, target, from, body).await?;
-            origin::decorate(response.headers_mut(), &verdict);
-            Ok(response)
+            let json = publish::publish_body(self, target, from, body).await?;
+            Ok(PublishedAnswer {
+                json,
+                cors_origin: verdict.into_allowed_origin(),
+            })
         }
         .await;
-        let response = result.unwrap_or_else(|e| {
+        self.metrics.observe("publish", started.elapsed());
+        result.map_err(|e| {
             self.metrics.refused(e.reason());
             e.into_response()
-        });
-        self.metrics.observe("publish", started.elapsed());
-        response
+        })
     }
 
     /// The service: route, run, and map errors. Never fails at the hyper level.

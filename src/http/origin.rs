@@ -70,7 +70,18 @@ fn is_own_origin<B>(origin: &str, req: &Request<B>, transport: Transport) -> boo
     strip(rest) == strip(host)
 }
 
-/// Adds the CORS answer headers for an allowed foreign origin.
+impl Verdict {
+    /// The foreign origin to echo, if any.
+    pub fn into_allowed_origin(self) -> Option<HeaderValue> {
+        match self {
+            Verdict::SameOrigin => None,
+            Verdict::Cors(origin) => Some(origin),
+        }
+    }
+}
+
+/// Adds the CORS answer headers for an allowed foreign origin (`Vary: Origin` with them: the
+/// answer depends on it). `direct_publish.rs` writes the same two for a publish.
 pub fn decorate(headers: &mut HeaderMap, verdict: &Verdict) {
     if let Verdict::Cors(origin) = verdict {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());

@@ -1,6 +1,7 @@
 //! `POST /channel/send/NAME/TYPE`: validates the target and body, publishes, and answers
 //! `{"id": N, "subscribers": N}`. Nothing invalid is ever broadcast.
 
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -43,18 +44,18 @@ pub async fn publish(
             }
         })?
         .to_bytes();
-    publish_body(app, target, from, &body).await
+    Ok(pages::json(publish_body(app, target, from, &body).await?))
 }
 
 /// What every publish does once its sender is known and its body read, whichever way it came
-/// (hyper, or `direct_publish`): check the body, encode the event once, publish, answer
-/// `{"id": N, "subscribers": N}`.
+/// (hyper, or `direct_publish`): check the body, encode the event once, publish. Gives the
+/// answer's JSON, `{"id": N, "subscribers": N}`.
 pub async fn publish_body(
     app: &App,
     target: PublishTarget,
     from: Option<PeerId>,
     body: &[u8],
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Bytes, ApiError> {
     let PublishTarget {
         channel,
         event_type,
@@ -71,12 +72,12 @@ pub async fn publish_body(
     answer.extend_from_slice(b", \"subscribers\": ");
     sse::put_decimal(&mut answer, published.subscribers as u64);
     answer.extend_from_slice(b"}\n");
-    Ok(pages::json(answer.into()))
+    Ok(answer.into())
 }
 
 /// The peer headers, parsed once (a `&str` name would be parsed and checked on every lookup).
-const PEER_HEADER: HeaderName = HeaderName::from_static("x-sigrelay-peer");
-const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-sigrelay-token");
+pub const PEER_HEADER: HeaderName = HeaderName::from_static("x-sigrelay-peer");
+pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-sigrelay-token");
 
 /// The verified sender of a publish: the peer whose token (from its stream's `welcome` event)
 /// came in `X-Sigrelay-Peer` / `X-Sigrelay-Token`. Anonymous is allowed unless
