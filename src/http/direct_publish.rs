@@ -109,6 +109,15 @@ pub async fn serve(
     }
 }
 
+/// `Some((head length, Content-Length, Connection: close))` when `buf` starts with the whole
+/// head of a plain publish, one this module serves itself; for the fuzz target.
+pub fn plain_publish_head(buf: &[u8], max_body: usize) -> Option<(usize, usize, bool)> {
+    match parse(buf, max_body) {
+        Parsed::Plain(head) => Some((head.head_len, head.content_length, head.close)),
+        Parsed::Partial | Parsed::NotPlain => None,
+    }
+}
+
 /// A plain publish's head.
 struct PlainHead {
     request: http::Request<()>,
