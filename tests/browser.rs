@@ -36,11 +36,31 @@ fn is_room_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
 }
 
+/// Opens the landing page and waits until its script has run (it fills the room field with a
+/// suggestion and the join link from it): a name typed before that would be overwritten by the
+/// page's own suggestion, and the person would land in a room of their own.
+fn open_landing(person: &Person, server: &Server) {
+    person.goto(&format!("{}/", server.url));
+    let deadline = Instant::now() + WAIT;
+    let script_ran = || {
+        let link = person.exec("return document.querySelector('#link').value;", vec![]);
+        !link.as_str().unwrap_or("").is_empty()
+    };
+    while !script_ran() {
+        assert!(
+            Instant::now() < deadline,
+            "{}: the landing page's script never ran",
+            person.name
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The landing page as people use it: the creator takes the suggested name and presses
 /// "Create room", the joiner types that name and presses "Join room". Returns the room once
 /// both pages are connected and each shows the other's moving picture.
 fn start_call(server: &Server, creator: &Person, joiner: &Person) -> String {
-    creator.goto(&format!("{}/", server.url));
+    open_landing(creator, server);
     let room = creator.exec("return document.querySelector('#room').value;", vec![]);
     let room = room.as_str().expect("#room holds text").to_string();
     assert!(
@@ -57,7 +77,7 @@ fn start_call(server: &Server, creator: &Person, joiner: &Person) -> String {
         s["url"] == creator_url.as_str() && s["peers"] == 1 && s["state"] == "waiting"
     });
 
-    joiner.goto(&format!("{}/", server.url));
+    open_landing(joiner, server);
     joiner.exec(
         "const input = document.querySelector('#room'); input.value = arguments[0];
          input.dispatchEvent(new Event('input')); return true;",
@@ -147,7 +167,7 @@ fn create_and_join_then_both_see_moving_video() {
     let joiner = browsers.person("joiner");
 
     // An invalid name is refused on the landing page, with the rule in words.
-    creator.goto(&format!("{}/", server.url));
+    open_landing(&creator, &server);
     creator.exec(
         "document.querySelector('#room').value = 'not a room/name'; return true;",
         vec![],
