@@ -43,16 +43,16 @@ pub enum Sniffed {
 
 const STREAM_PREFIX: &[u8] = b"GET /stream";
 const PUBLISH_PREFIX: &[u8] = b"POST /channel/send/";
-/// Largest request head read here (hyper's own limit is larger, but a stream request carries
-/// a short query and a browser's usual headers).
-const MAX_HEAD: usize = 16 * 1024;
+/// Largest request head read here and in `direct_publish` (hyper's own limit is larger, but a
+/// stream request or a publish carries a short target and a browser's usual headers).
+pub(super) const MAX_HEAD: usize = 16 * 1024;
 /// Header fields, as hyper's default.
-const MAX_HEADERS: usize = 100;
+pub(super) const MAX_HEADERS: usize = 100;
 /// Frames gathered into one write.
 const MAX_BATCH: usize = 32;
 /// A client that takes nothing from its socket for this long is cut off (its subscription
 /// meanwhile resumes from history or reports a gap, so nothing is lost silently).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Looks at a plain-http connection's first bytes, without consuming them, until they say
 /// what the connection is (bounded by `deadline`).

@@ -23,18 +23,14 @@ use tokio_util::sync::CancellationToken;
 
 use http::{header, HeaderValue};
 
-use super::direct::{answer_and_close, encode_response};
+// The same bounds as a direct stream's: a head over MAX_HEAD goes to hyper (its own limit
+// applies there), and an answer the client does not take within WRITE_TIMEOUT ends the
+// connection.
+use super::direct::{answer_and_close, encode_response, MAX_HEAD, MAX_HEADERS, WRITE_TIMEOUT};
 use super::publish::{PEER_HEADER, TOKEN_HEADER};
-use super::{App, Client, PublishedAnswer};
+use super::{pages, App, Client, PublishedAnswer};
 use crate::error::ApiError;
 use crate::sse;
-
-/// Largest request head served here; a larger one goes to hyper (which has its own limit).
-const MAX_HEAD: usize = 16 * 1024;
-/// Header fields, as hyper's default.
-const MAX_HEADERS: usize = 100;
-/// An answer the client does not take within this long ends the connection.
-const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How [`serve`] ended.
 pub enum Served {
@@ -235,9 +231,13 @@ fn publish_request(head: &httparse::Request) -> Option<http::Request<()>> {
 /// but written straight out: no response or header map per publish.
 fn published_answer(published: &PublishedAnswer, keep_alive: bool) -> Vec<u8> {
     let mut answer = Vec::with_capacity(256);
-    answer.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: no-store\r\n",
-    );
+    answer.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    for (name, value) in pages::JSON_HEADERS {
+        answer.extend_from_slice(name.as_str().as_bytes());
+        answer.extend_from_slice(b": ");
+        answer.extend_from_slice(value.as_bytes());
+        answer.extend_from_slice(b"\r\n");
+    }
     if let Some(origin) = &published.cors_origin {
         answer.extend_from_slice(b"access-control-allow-origin: ");
         answer.extend_from_slice(origin.as_bytes());

@@ -55,15 +55,20 @@ pub fn room<B>(raw: &str, req: &Request<B>) -> Result<Response<Body>, ApiError> 
     file("call.html", req)
 }
 
+/// The headers of every JSON answer, here and in a direct publish's (written out by hand
+/// there, so they are listed once).
+pub const JSON_HEADERS: [(header::HeaderName, &str); 2] = [
+    (header::CONTENT_TYPE, "application/json"),
+    (header::CACHE_CONTROL, "no-store"),
+];
+
 /// A JSON response that must not be cached.
 pub fn json(body: Bytes) -> Response<Body> {
     let mut response = Response::new(full(body));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in JSON_HEADERS {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
     response
 }
 
