@@ -215,6 +215,17 @@ pub struct Cli {
     )]
     pub body_timeout: f64,
 
+    /// Seconds an event stream may go without its client taking anything from the socket;
+    /// then it is reset (its kernel buffers freed at once) and the client resumes from
+    /// history when it reconnects.
+    #[arg(
+        long = "stall-timeout",
+        value_name = "SECS",
+        env = "SIGRELAY_STALL_TIMEOUT",
+        default_value_t = 30.0
+    )]
+    pub stall_timeout: f64,
+
     /// A foreign origin (scheme://host[:port]) whose pages may use /stream and /channel/send
     /// from a browser; repeat for several, `*` for any. Requests from other foreign origins get
     /// 403, so a random web page cannot post into a room through a visitor's browser.

@@ -30,6 +30,9 @@ pub struct Config {
     pub post_burst: f64,
     /// How long a client may take to send a publish body.
     pub body_timeout: Duration,
+    /// How long a stream (or an answer) may wait for its client to take bytes before the
+    /// connection is reset.
+    pub stall_timeout: Duration,
     /// Publishes without a valid peer token are refused (`--strict-peers`).
     pub strict_peers: bool,
     /// Signs peer tokens (`--peer-secret`); random per process unless given.
@@ -77,6 +80,7 @@ impl Default for Config {
             post_rate: 50.0,
             post_burst: 200.0,
             body_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
             log: "info".into(),
@@ -181,6 +185,7 @@ impl TryFrom<Cli> for Config {
             post_burst: cli.post_burst,
             header_timeout: seconds("header-timeout", cli.header_timeout, 0.1, 3600.0)?,
             body_timeout: seconds("body-timeout", cli.body_timeout, 0.1, 3600.0)?,
+            stall_timeout: seconds("stall-timeout", cli.stall_timeout, 0.1, 3600.0)?,
             cors_origins: cli.cors_origin,
             bind: cli.bind,
             tls_source,

@@ -1,7 +1,8 @@
 //! The HTTP boundary's error type, and the one place errors become responses: a status code
 //! and a one-line JSON body `{"error": "..."}`.
 
-use http::{header, HeaderValue, Response, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::http::{full, Body};
 use crate::hub::HubError;
@@ -34,8 +35,10 @@ pub enum ApiError {
     TooManyChannels(String),
     /// The relay cannot take this now (Redis unreachable); retry.
     Unavailable(String),
-    /// A request head over the size or header-count limit (read outside hyper, `direct.rs`).
-    HeadTooLarge,
+    /// `--max-connections` connections are open (refused at accept time).
+    TooManyConnections(usize),
+    /// `--max-connections-per-ip` connections are open from this address.
+    TooManyFromAddress(usize),
 }
 
 impl From<NameError> for ApiError {
@@ -68,9 +71,11 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::TooManyChannels(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests(_) | ApiError::TooManyFromAddress(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -88,7 +93,12 @@ impl ApiError {
             ApiError::RoomFull(_) => "room is full".into(),
             ApiError::TooManyRequests(_) => "too many messages from this address; slow down".into(),
             ApiError::BodyTimeout => "the body took too long to arrive".into(),
-            ApiError::HeadTooLarge => "request head too large".into(),
+            ApiError::TooManyConnections(max) => {
+                format!("server is at its limit of {max} connections")
+            }
+            ApiError::TooManyFromAddress(max) => {
+                format!("too many connections from your address (limit {max})")
+            }
         }
     }
 
@@ -107,18 +117,27 @@ impl ApiError {
             ApiError::ChannelFull(_) => "too_many_subscribers",
             ApiError::TooManyChannels(_) => "too_many_channels",
             ApiError::Unavailable(_) => "backend_unavailable",
-            ApiError::HeadTooLarge => "head_too_large",
+            ApiError::TooManyConnections(_) => "too_many_connections",
+            ApiError::TooManyFromAddress(_) => "too_many_per_ip",
         }
     }
 
     pub fn into_response(self) -> Response<Body> {
+        let (status, headers, body) = self.into_parts();
+        let mut response = Response::new(full(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// Status, header fields and the one-line JSON body: what [`ApiError::into_response`]
+    /// sends through hyper, and what `http::fast` writes itself.
+    pub fn into_parts(self) -> (StatusCode, HeaderMap, Bytes) {
         let mut body = serde_json::json!({ "error": self.message() });
         if let ApiError::RoomFull(capacity) = self {
             body["capacity"] = capacity.into();
         }
-        let mut response = Response::new(full(format!("{body}\n")));
-        *response.status_mut() = self.status();
-        let headers = response.headers_mut();
+        let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -132,11 +151,14 @@ impl ApiError {
                 let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
-            ApiError::Unavailable(_) | ApiError::TooManyChannels(_) => {
+            ApiError::Unavailable(_)
+            | ApiError::TooManyChannels(_)
+            | ApiError::TooManyConnections(_)
+            | ApiError::TooManyFromAddress(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }
-        response
+        (self.status(), headers, format!("{body}\n").into())
     }
 }

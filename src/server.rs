@@ -1,7 +1,7 @@
 //! The accept loops and connection handling: one task per listener accepting TCP connections,
-//! each served directly (a plain-http stream, `http::direct`) or by hyper (HTTP/1.1, or HTTP/2
-//! with prior knowledge or ALPN) and watched by one `GracefulShutdown`, which `serve` drains
-//! when the shutdown token fires.
+//! each handed to `http::fast` (plain http: it serves streams and publishes itself and hands
+//! the rest back) and then to hyper (HTTP/1.1, or HTTP/2 with prior knowledge or ALPN), all
+//! watched by one `GracefulShutdown`, which `serve` drains when the shutdown token fires.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::http::direct::{self, Sniffed};
-use crate::http::direct_publish::{self, Served};
+use crate::error::ApiError;
+use crate::http::fast::{self, Handoff};
 use crate::http::{App, Client, Transport};
 use crate::limits::{ConnectionLimits, ConnectionRefusal};
 
@@ -136,24 +136,13 @@ const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 /// HTTP (we cannot know before reading, so it is written blind and the socket closed), or just
 /// a close on a TLS port.
 async fn refuse(stream: TcpStream, refusal: ConnectionRefusal, plain: bool) {
-    let (status, reason) = match refusal {
-        ConnectionRefusal::Total(max) => (
-            "503 Service Unavailable",
-            format!("server is at its limit of {max} connections"),
-        ),
-        ConnectionRefusal::PerIp(max) => (
-            "429 Too Many Requests",
-            format!("too many connections from your address (limit {max})"),
-        ),
-    };
     tracing::debug!(?refusal, "connection refused");
     if plain {
-        let body = format!("{}\n", serde_json::json!({ "error": reason }));
-        let response = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        direct::answer_and_close(stream, response.as_bytes()).await;
+        let refusal = match refusal {
+            ConnectionRefusal::Total(max) => ApiError::TooManyConnections(max),
+            ConnectionRefusal::PerIp(max) => ApiError::TooManyFromAddress(max),
+        };
+        fast::refuse_connection(stream, refusal).await;
     }
 }
 
@@ -175,9 +164,7 @@ async fn connection(
     Box::pin(tls_connection(stream, peer, builder, watcher, app, tls)).await
 }
 
-/// Plain http: a first request for `/stream` is served on the socket directly (small idle
-/// streams, `http::direct`), and so are publishes of the plain shape (`http::direct_publish`);
-/// anything else goes to hyper.
+/// Plain http: `http::fast` serves what is its own (see its contract), hyper the rest.
 async fn plain_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -186,47 +173,21 @@ async fn plain_connection(
     app: App,
     shutdown: CancellationToken,
 ) {
-    let head_deadline = tokio::time::Instant::now() + app.config.header_timeout;
-    match direct::sniff(&stream, head_deadline).await {
-        Sniffed::Stream => {
-            let client = Client {
-                addr: peer,
-                transport: Transport::Plain,
-            };
-            // Boxed: reading the head and subscribing are brief; only forwarding lives on.
-            let accepted = Box::pin(direct::accept(stream, client, &app, head_deadline)).await;
-            if let Some(accepted) = accepted {
-                direct::forward(accepted, &app).await;
-            }
-            // Held until here so that a graceful shutdown waits for the stream to end too.
-            drop(watcher);
-        }
-        Sniffed::Publish => {
-            let client = Client {
-                addr: peer,
-                transport: Transport::Plain,
-            };
-            let served = Box::pin(direct_publish::serve(stream, client, &app, &shutdown)).await;
-            if let Served::ToHyper(io) = served {
-                Box::pin(serve_http1(io, peer, &builder.http1, watcher, app)).await;
-            }
-        }
-        Sniffed::Other { maybe_h2: false } => {
-            Box::pin(serve_http1(stream, peer, &builder.http1, watcher, app)).await
-        }
-        Sniffed::Other { maybe_h2: true } => {
+    let client = Client {
+        addr: peer,
+        transport: Transport::Plain,
+    };
+    match fast::serve(stream, client, &app, &shutdown).await {
+        // The watcher was held until here, so a graceful shutdown waits for it too.
+        Handoff::Done => drop(watcher),
+        Handoff::Hyper {
+            io,
+            maybe_h2: false,
+        } => Box::pin(serve_http1(io, peer, &builder.http1, watcher, app)).await,
+        Handoff::Hyper { io, maybe_h2: true } => {
             let transport = Transport::Plain;
-            Box::pin(serve_io(
-                stream,
-                peer,
-                &builder.auto,
-                watcher,
-                app,
-                transport,
-            ))
-            .await
+            Box::pin(serve_io(io, peer, &builder.auto, watcher, app, transport)).await
         }
-        Sniffed::Gone => {}
     }
 }
 

@@ -1,11 +1,11 @@
-//! The plain-publish head check (`http::direct_publish`): any bytes. Nothing may panic, and a
+//! The plain-publish head check (`http::fast`): any bytes. Nothing may panic, and a
 //! head taken as plain — served outside hyper — has exactly one `Content-Length`, of digits,
 //! within the limit, no `Transfer-Encoding`, `Expect` or `Upgrade`, and lies within the input.
 //! Anything else must be left to hyper.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sigrelay::http::direct_publish::plain_publish_head;
+use sigrelay::http::fast::plain_publish_head;
 
 const MAX_BODY: usize = 65_536;
 

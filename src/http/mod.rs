@@ -3,16 +3,16 @@
 //!
 //! - `origin.rs`  who may use the relay endpoints from a browser (403 / CORS)
 //! - `stream.rs`  `GET /stream?channel=NAME` (Server-Sent Events)
-//! - `direct.rs`  the same, served on the socket outside hyper for plain-http connections whose
-//!   first request it is (small idle streams, one `writev` per batch of frames)
 //! - `publish.rs` `POST /channel/send/NAME/TYPE`
-//! - `direct_publish.rs` the same, served on the socket outside hyper for plain-http
-//!   connections that start with one and keep to the plain shape of a publish
+//! - `fast/`      both of those served on the socket outside hyper, for plain-http connections
+//!   (`fast/mod.rs` is the contract: what is served there, its invariants, what hyper gets)
 //! - `pages.rs`   `GET /`, `/r/ROOM`, `/assets/...`, `/config`, `/qr.svg`, the https redirect;
 //!   `/healthz` and `/metrics` are answered here
+//!
+//! Each relay endpoint has one admission sequence, here in [`App`], that the route and the
+//! fast path both call: [`App::open_stream`] and [`App::admit_publish`].
 
-pub mod direct;
-pub mod direct_publish;
+pub mod fast;
 mod origin;
 mod pages;
 mod publish;
@@ -51,11 +51,18 @@ pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
 }
 
-/// A publish that went out, for `direct_publish.rs` to answer: the JSON, and the origin to
-/// echo in `Access-Control-Allow-Origin` when a listed foreign origin sent it.
+/// A publish that went out: the JSON answer, and the origin to echo in
+/// `Access-Control-Allow-Origin` when a listed foreign origin sent it.
 pub struct PublishedAnswer {
     pub json: Bytes,
     pub cors_origin: Option<http::HeaderValue>,
+}
+
+/// A publish admitted from its head ([`App::admit_publish`]): what publishing it needs.
+pub struct PublishAdmission {
+    verdict: origin::Verdict,
+    target: PublishTarget,
+    from: Option<crate::names::PeerId>,
 }
 
 /// Who is asking, and over what.
@@ -138,11 +145,12 @@ impl App {
         response
     }
 
-    /// `GET /stream` for `direct.rs`: the checks `route` makes for it, and the response head's
-    /// headers, for a stream served outside hyper.
-    pub async fn open_stream(
+    /// The admission of `GET /stream`, for the route and `http::fast` alike: Host, origin,
+    /// then the stream's own checks and the subscription. Gives the response head's fields
+    /// and the open stream.
+    pub async fn open_stream<B>(
         &self,
-        req: &Request<()>,
+        req: &Request<B>,
         client: Client,
     ) -> Result<(http::HeaderMap, stream::OpenStream), ApiError> {
         require_host(req)?;
@@ -154,39 +162,42 @@ impl App {
         Ok((headers, open))
     }
 
-    /// `POST /channel/send/...` for `direct_publish.rs`: the checks and the publish `route`
-    /// makes for it, on a head parsed there and a body read there. A refusal comes back as
-    /// the same response the route would give.
-    pub async fn publish_direct(
+    /// The admission of `POST /channel/send/...`, for the route and `http::fast` alike, from
+    /// the request head alone (before any body byte is read): Host, origin, the sender
+    /// address's publish rate, the target, the peer token.
+    pub fn admit_publish<B>(
         &self,
-        req: &Request<()>,
+        req: &Request<B>,
         client: Client,
+    ) -> Result<PublishAdmission, ApiError> {
+        require_host(req)?;
+        let verdict = origin::check(req, client.transport, &self.config.cors_origins)?;
+        self.post_limiter
+            .check(client.addr.ip())
+            .map_err(ApiError::TooManyRequests)?;
+        let rest = req.uri().path().strip_prefix("/channel/send/");
+        let target = PublishTarget::parse(rest.ok_or(ApiError::NotFound)?)?;
+        let from = publish::sender(self, &target.channel, req.headers())?;
+        Ok(PublishAdmission {
+            verdict,
+            target,
+            from,
+        })
+    }
+
+    /// Publishes an admitted request's body, however it was read.
+    pub async fn publish_admitted(
+        &self,
+        admitted: PublishAdmission,
         body: &[u8],
-    ) -> Result<PublishedAnswer, Response<Body>> {
-        let started = std::time::Instant::now();
-        let result = async {
-            require_host(req)?;
-            let verdict = origin::check(req, client.transport, &self.config.cors_origins)?;
-            self.post_limiter
-                .check(client.addr.ip())
-                .map_err(ApiError::TooManyRequests)?;
-            let rest = req.uri().path().strip_prefix("/channel/send/");
-            let target = PublishTarget::parse(rest.ok_or(ApiError::NotFound)?)?;
-            let from = publish::sender(self, &target.channel, req.headers())?;
-            if body.len() > self.config.max_body {
-                return Err(ApiError::PayloadTooLarge(self.config.max_body));
-            }
-            let json = publish::publish_body(self, target, from, body).await?;
-            Ok(PublishedAnswer {
-                json,
-                cors_origin: verdict.into_allowed_origin(),
-            })
+    ) -> Result<PublishedAnswer, ApiError> {
+        if body.len() > self.config.max_body {
+            return Err(ApiError::PayloadTooLarge(self.config.max_body));
         }
-        .await;
-        self.metrics.observe("publish", started.elapsed());
-        result.map_err(|e| {
-            self.metrics.refused(e.reason());
-            e.into_response()
+        let json = publish::publish_body(self, admitted.target, admitted.from, body).await?;
+        Ok(PublishedAnswer {
+            json,
+            cors_origin: admitted.verdict.into_allowed_origin(),
         })
     }
 
@@ -227,30 +238,33 @@ impl App {
         let is_get = matches!(*req.method(), Method::GET | Method::HEAD);
 
         if path == "/stream" {
-            let verdict = origin::check(&req, transport, &self.config.cors_origins)?;
-            let mut response = match *req.method() {
-                Method::GET => stream::subscribe(self, &req).await?,
-                Method::OPTIONS => origin::preflight(&verdict, "GET, OPTIONS"),
-                _ => return Err(ApiError::MethodNotAllowed("GET, OPTIONS")),
-            };
-            origin::decorate(response.headers_mut(), &verdict);
-            return Ok(response);
-        }
-        if let Some(rest) = path.strip_prefix("/channel/send/") {
-            let verdict = origin::check(&req, transport, &self.config.cors_origins)?;
-            let mut response = match *req.method() {
-                Method::POST => {
-                    self.post_limiter
-                        .check(client.addr.ip())
-                        .map_err(ApiError::TooManyRequests)?;
-                    let target = PublishTarget::parse(rest)?;
-                    publish::publish(self, target, req).await?
+            return match *req.method() {
+                Method::GET => stream::subscribe(self, &req, client).await,
+                Method::OPTIONS => {
+                    let verdict = origin::check(&req, transport, &self.config.cors_origins)?;
+                    Ok(origin::preflight(&verdict, "GET, OPTIONS"))
                 }
-                Method::OPTIONS => origin::preflight(&verdict, "POST, OPTIONS"),
-                _ => return Err(ApiError::MethodNotAllowed("POST, OPTIONS")),
+                _ => {
+                    origin::check(&req, transport, &self.config.cors_origins)?;
+                    Err(ApiError::MethodNotAllowed("GET, OPTIONS"))
+                }
             };
-            origin::decorate(response.headers_mut(), &verdict);
-            return Ok(response);
+        }
+        if path.starts_with("/channel/send/") {
+            return match *req.method() {
+                Method::POST => {
+                    let admitted = self.admit_publish(&req, client)?;
+                    publish::publish(self, admitted, req).await
+                }
+                Method::OPTIONS => {
+                    let verdict = origin::check(&req, transport, &self.config.cors_origins)?;
+                    Ok(origin::preflight(&verdict, "POST, OPTIONS"))
+                }
+                _ => {
+                    origin::check(&req, transport, &self.config.cors_origins)?;
+                    Err(ApiError::MethodNotAllowed("POST, OPTIONS"))
+                }
+            };
         }
         let page = match path {
             "/" => pages::file("index.html", &req),

@@ -6,19 +6,18 @@ use http::{header, HeaderMap, HeaderName, Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
-use super::{pages, App, Body};
+use super::{origin, pages, App, Body, PublishAdmission};
 use crate::error::ApiError;
 use crate::names::{ChannelName, PeerId, PublishTarget};
 use crate::sse::{self, MessageTail};
 
-/// `target` is what the path after `/channel/send/` names (`PublishTarget::parse`).
+/// `POST /channel/send/...` through hyper, once admitted from its head: reads the body
+/// (refusing a declared oversize one before reading a byte), publishes, answers.
 pub async fn publish(
     app: &App,
-    target: PublishTarget,
+    admitted: PublishAdmission,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let from = sender(app, &target.channel, req.headers())?;
-
     let max = app.config.max_body;
     // Refuse a declared oversize body before reading a byte of it.
     if let Some(length) = req.headers().get(header::CONTENT_LENGTH) {
@@ -44,11 +43,16 @@ pub async fn publish(
             }
         })?
         .to_bytes();
-    Ok(pages::json(publish_body(app, target, from, &body).await?))
+    let published = app.publish_admitted(admitted, &body).await?;
+    let mut response = pages::json(published.json);
+    if let Some(origin) = &published.cors_origin {
+        response.headers_mut().extend(origin::cors_fields(origin));
+    }
+    Ok(response)
 }
 
 /// What every publish does once its sender is known and its body read, whichever way it came
-/// (hyper, or `direct_publish`): check the body, encode the event once, publish. Gives the
+/// (hyper, or `http::fast`): check the body, encode the event once, publish. Gives the
 /// answer's JSON, `{"id": N, "subscribers": N}`.
 pub async fn publish_body(
     app: &App,

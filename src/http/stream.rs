@@ -16,7 +16,7 @@ use hyper::body::Frame;
 
 use std::sync::Arc;
 
-use super::{App, Body};
+use super::{App, Body, Client};
 use crate::error::ApiError;
 use crate::hub::{StartAt, Subscription};
 use crate::metrics::Metrics;
@@ -25,7 +25,7 @@ use crate::peers::random_peer;
 use crate::sse;
 
 /// An accepted subscription and the first bytes of its stream (preamble and `welcome`),
-/// before it is wrapped in a hyper body or served on the socket directly (`direct.rs`).
+/// before it is wrapped in a hyper body or served on the socket directly (`http::fast`).
 pub struct OpenStream {
     pub subscription: Subscription,
     pub first: Bytes,
@@ -75,19 +75,20 @@ pub fn stream_headers(headers: &mut http::HeaderMap) {
 }
 
 /// `GET /stream` through hyper: the stream as a chunked response body.
-pub async fn subscribe<B>(app: &App, req: &Request<B>) -> Result<Response<Body>, ApiError> {
-    let OpenStream {
-        subscription,
-        first,
-    } = open(app, req).await?;
+pub async fn subscribe<B>(
+    app: &App,
+    req: &Request<B>,
+    client: Client,
+) -> Result<Response<Body>, ApiError> {
+    let (headers, open) = app.open_stream(req, client).await?;
     let body = sse_body(
-        subscription,
-        first,
+        open.subscription,
+        open.first,
         app.config.keepalive,
         app.metrics.clone(),
     );
     let mut response = Response::new(body);
-    stream_headers(response.headers_mut());
+    *response.headers_mut() = headers;
     Ok(response)
 }
 

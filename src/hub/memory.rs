@@ -39,6 +39,9 @@ use crate::sse;
 /// different channels rarely touch the same lock.
 const SHARDS: usize = 64;
 
+/// Most times a publisher gives way to its channel's readers (`Hub::let_readers_catch_up`).
+const CATCH_UP_YIELDS: usize = 16;
+
 /// One shard of the channel map.
 type Shard = Mutex<HashMap<ChannelName, Arc<Channel>>>;
 
@@ -265,7 +268,27 @@ impl Hub {
         Ok(Published {
             id,
             subscribers: state.subscribers,
+            queued: chan.tx.len(),
         })
+    }
+
+    /// Backpressure for a publisher that outruns its readers (pipelined publishes are read
+    /// and published in one go, and woken subscriber tasks wait behind the publisher on the
+    /// same worker): give way while `channel`'s broadcast buffer is over half full and
+    /// draining, a few times at most. A subscriber that does not read (its buffer stays full)
+    /// costs one yield and never blocks the publisher; it is resumed from history later.
+    pub async fn let_readers_catch_up(&self, channel: &ChannelName) {
+        let half = self.settings.broadcast_capacity / 2;
+        let queued = || self.shard(channel).get(channel).map_or(0, |c| c.tx.len());
+        let mut before = queued();
+        for _ in 0..CATCH_UP_YIELDS {
+            tokio::task::yield_now().await;
+            let now = queued();
+            if now <= half || now >= before {
+                return;
+            }
+            before = now;
+        }
     }
 
     /// Relay mode: hands an event that came from the cluster to this instance's subscribers of

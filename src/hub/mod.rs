@@ -66,7 +66,13 @@ impl Hub {
         tail: &MessageTail,
     ) -> Result<Published, HubError> {
         match self {
-            Hub::Memory(hub) => hub.publish(channel, tail),
+            Hub::Memory(hub) => {
+                let published = hub.publish(channel, tail)?;
+                if published.queued > hub.settings().broadcast_capacity / 2 {
+                    hub.let_readers_catch_up(channel).await;
+                }
+                Ok(published)
+            }
             Hub::Redis(hub) => hub.publish(channel, tail).await,
         }
     }
@@ -145,6 +151,9 @@ pub struct Published {
     pub id: u64,
     /// Streams subscribed to the channel when the event was sent.
     pub subscribers: usize,
+    /// Events the slowest local subscriber has yet to take from the channel's broadcast buffer
+    /// (0 where fan-out is not local to the publish: Redis).
+    pub queued: usize,
 }
 
 /// Where a new subscription starts.

@@ -349,6 +349,7 @@ impl RedisHub {
         Ok(Published {
             id,
             subscribers: subscribers.max(0) as usize,
+            queued: 0,
         })
     }
 

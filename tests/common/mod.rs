@@ -352,3 +352,31 @@ pub fn message_of(event: &Event) -> String {
     let v: serde_json::Value = serde_json::from_str(&event.data).unwrap();
     v["message"].as_str().unwrap().to_owned()
 }
+
+/// Reads one response with a `content-length` body from a kept-alive connection.
+pub async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(pending).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            if pending.len() >= end + 4 + length {
+                let rest = pending.split_off(end + 4 + length);
+                let whole = String::from_utf8_lossy(pending).into_owned();
+                *pending = rest;
+                return whole;
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "closed early after {text:?}");
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
