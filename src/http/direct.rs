@@ -50,6 +50,10 @@ pub(super) const MAX_HEAD: usize = 16 * 1024;
 pub(super) const MAX_HEADERS: usize = 100;
 /// Frames gathered into one write.
 const MAX_BATCH: usize = 32;
+/// Bytes gathered into one write: a batch stops growing past this (one frame may pass it).
+/// A stream whose client stopped reading holds its batch until `WRITE_TIMEOUT`, so this is
+/// what one stalled stream can pin beyond the history budget, whatever the frame size.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// A client that takes nothing from its socket for this long is cut off (its subscription
 /// meanwhile resumes from history or reports a gap, so nothing is lost silently).
 pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -240,10 +244,14 @@ pub async fn forward(accepted: Accepted, app: &App) {
         tokio::select! {
             frame = subscription.recv() => {
                 let Some(frame) = frame else { break };
+                let mut gathered = frame.len();
                 batch.push(frame);
-                while batch.len() < MAX_BATCH {
+                while batch.len() < MAX_BATCH && gathered < MAX_BATCH_BYTES {
                     match subscription.try_recv() {
-                        Some(frame) => batch.push(frame),
+                        Some(frame) => {
+                            gathered += frame.len();
+                            batch.push(frame);
+                        }
                         None => break,
                     }
                 }
