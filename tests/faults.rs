@@ -650,3 +650,88 @@ async fn f8_reconnect_storm_loses_and_repeats_nothing() {
         started.elapsed()
     );
 }
+
+/// Fault 9 (issue 12 item 2): bodies of control characters, which JSON-escape six-fold, each
+/// published into a new channel nobody hears, from several addresses at their full burst, with
+/// default flags. History is bounded by `--history-budget` (64 MiB), so the server stays under
+/// its documented ceiling (README "Limits and security") and keeps answering; before the budget
+/// every frame stayed for the history TTL (here 1,600 x 131 KB = 210 MB of frames alone, and
+/// 393 KB each when a 64 KiB body could escape to six times its size). The post rate limit is
+/// per address, so the attack comes from eight loopback addresses instead of raising it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f9_escaped_bodies_into_new_channels_stay_under_the_history_budget() {
+    let _serial = SERIAL.lock().await;
+    const ADDRESSES: u8 = 8;
+    const PER_ADDRESS: usize = 200; // the default --post-burst
+    const CEILING_MIB: u64 = 160;
+    let server = Binary::start(&["--bind", "127.0.0.1:0", "--log", "error"]);
+    let addr = server.addr;
+    let rss_start = server.rss_kib();
+
+    // 64 KiB of U+0001 escapes to 384 KiB: refused now, on the body's escaped size.
+    let whole = "\u{1}".repeat(65_536);
+    let mut raw = Raw::connect(addr).await;
+    raw.send(&post_request("escaped-whole", "m", &whole)).await;
+    let (status, body) = raw.response().await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).starts_with("{\"error\":"));
+
+    // The largest body that passes: 21,800 x U+0001, a 131 KB frame.
+    let body = "\u{1}".repeat(21_800);
+    let started = Instant::now();
+    let attackers = (0..ADDRESSES).map(|a| {
+        let body = body.clone();
+        async move {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket
+                .bind(SocketAddr::from(([127, 0, 0, 2 + a], 0)))
+                .unwrap();
+            let sock = tokio::time::timeout(WAIT, socket.connect(addr))
+                .await
+                .expect("connect in time")
+                .expect("connect");
+            let mut raw = Raw {
+                sock,
+                buf: Vec::new(),
+            };
+            let mut accepted = 0;
+            for batch in 0..PER_ADDRESS / 20 {
+                let mut requests = Vec::new();
+                for i in 0..20 {
+                    let room = format!("escaped-{a}-{}", batch * 20 + i);
+                    requests.extend(post_request(&room, "m", &body));
+                }
+                raw.send(&requests).await;
+                for _ in 0..20 {
+                    if raw.response().await.0 == 200 {
+                        accepted += 1;
+                    }
+                }
+            }
+            accepted
+        }
+    });
+    let accepted: usize = join_all(attackers).await.into_iter().sum();
+    let took = started.elapsed();
+    let rss_end = server.rss_kib();
+    let probe = Instant::now();
+    let health = health(addr).await;
+    let answered = probe.elapsed();
+    let held = metric(addr, "sigrelay_history_bytes").await;
+    eprintln!(
+        "fault 9: {accepted} frames of 131 KB into new channels from {ADDRESSES} addresses in \
+         {took:.1?}; history {:.1} MiB (budget 64); server RSS {rss_start} -> {rss_end} KiB \
+         (ceiling {CEILING_MIB} MiB); /healthz answered in {answered:.1?}",
+        held / 1_048_576.0
+    );
+    assert!(
+        accepted as f64 * 131_000.0 > 3.0 * 64.0 * 1_048_576.0,
+        "only {accepted} accepted: too few to tell a budget from none"
+    );
+    assert!(held <= 64.0 * 1_048_576.0, "history {held} bytes");
+    assert_eq!(health["status"], "ok");
+    assert!(
+        rss_end < CEILING_MIB * 1024,
+        "RSS {rss_end} KiB is over the {CEILING_MIB} MiB ceiling"
+    );
+}
