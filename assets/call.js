@@ -737,32 +737,42 @@ function onRefused(error) {
   }
 }
 
+// The relay's own events (`welcome`, `presence`, `gap`) are trusted only in their own shape:
+// an object without `message`, the field every published event carries. The server refuses
+// publishes of these types; this keeps a page safe against a relay that does not.
+function serverData(event) {
+  try {
+    const data = JSON.parse(event.data);
+    if (data && typeof data === 'object' && !Array.isArray(data) && !('message' in data)) {
+      return data;
+    }
+  } catch {
+    // Not JSON: not the relay's.
+  }
+  return null;
+}
+
 function onEvent(event) {
   const eventId = Number(event.lastEventId);
   if (event.type === 'welcome') {
-    try {
-      const info = JSON.parse(event.data);
-      if (typeof info.peer === 'string' && typeof info.token === 'string') {
-        identity = { peer: info.peer, token: info.token };
-        welcomed();
-      }
-    } catch {
-      // Not ours to read: posts stay anonymous.
+    const info = serverData(event);
+    if (info && typeof info.peer === 'string' && typeof info.token === 'string') {
+      identity = { peer: info.peer, token: info.token };
+      welcomed();
     }
     return;
   }
   if (event.type === 'presence') {
-    let info;
-    try {
-      info = JSON.parse(event.data);
-    } catch {
-      return;
+    const info = serverData(event);
+    if (info && typeof info.subscribers === 'number') {
+      enqueue(() => onPresence(info.subscribers));
     }
-    enqueue(() => onPresence(Number(info.subscribers)));
     return;
   }
   if (event.type === 'gap') {
     // The relay no longer has some events we missed: negotiate again from scratch.
+    const info = serverData(event);
+    if (!info || typeof info.resumeFrom !== 'string') return;
     if (role === 'creator') enqueue(() => send('hello', { from: 'creator', peer: peerId }));
     else requestOffer(true);
     return;

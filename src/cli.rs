@@ -33,6 +33,29 @@ pub struct Cli {
     #[arg(long, value_name = "N", env = "SIGRELAY_HISTORY", default_value_t = 64)]
     pub history: usize,
 
+    /// Bytes of history kept per channel: each event counts its encoded frame (the body
+    /// JSON-escaped) plus 96 bytes of bookkeeping. Past it the channel's oldest events go, and a
+    /// resume from before them gets `event: gap`; an event larger than this is delivered but
+    /// not kept.
+    #[arg(
+        long = "history-bytes",
+        value_name = "BYTES",
+        env = "SIGRELAY_HISTORY_BYTES",
+        default_value_t = 1024 * 1024
+    )]
+    pub history_bytes: usize,
+
+    /// Bytes of history kept over all channels together, counted as for --history-bytes. Past
+    /// it the oldest events of the whole relay are evicted (resumes from before them get
+    /// `event: gap`), so many rooms cannot make history outgrow this.
+    #[arg(
+        long = "history-budget",
+        value_name = "BYTES",
+        env = "SIGRELAY_HISTORY_BUDGET",
+        default_value_t = 64 * 1024 * 1024
+    )]
+    pub history_budget: usize,
+
     /// Seconds a channel with no subscribers keeps its history before it is removed.
     #[arg(
         long = "history-ttl",

@@ -61,6 +61,8 @@ impl Default for Config {
             bind: vec![SocketAddr::from(([0, 0, 0, 0], 8000))],
             hub: HubSettings {
                 history: 64,
+                history_bytes: 1024 * 1024,
+                history_budget: 64 * 1024 * 1024,
                 history_ttl: Duration::from_secs(60),
                 room_capacity: 2,
                 broadcast_capacity: 16,
@@ -122,6 +124,14 @@ impl TryFrom<Cli> for Config {
         }
         if cli.history > 100_000 {
             return Err(ConfigError("--history must be at most 100000".into()));
+        }
+        if !(1024..=1 << 40).contains(&cli.history_bytes)
+            || !(1024..=1 << 40).contains(&cli.history_budget)
+        {
+            return Err(ConfigError(
+                "--history-bytes and --history-budget must be between 1024 and 1099511627776"
+                    .into(),
+            ));
         }
         if !(1..=16 * 1024 * 1024).contains(&cli.max_body) {
             return Err(ConfigError(
@@ -192,6 +202,8 @@ impl TryFrom<Cli> for Config {
             qr: !cli.no_qr,
             hub: HubSettings {
                 history: cli.history,
+                history_bytes: cli.history_bytes,
+                history_budget: cli.history_budget,
                 history_ttl: seconds("history-ttl", cli.history_ttl, 0.0, 86_400.0)?,
                 room_capacity: cli.room_capacity,
                 max_channels: cli.max_channels,

@@ -18,6 +18,8 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     /// Body over `--max-body` bytes.
     PayloadTooLarge(usize),
+    /// A body whose JSON-escaped frame would pass this many bytes (`sse::max_tail_len`).
+    EscapedTooLarge(usize),
     /// A browser request from an origin the policy does not allow.
     Forbidden(String),
     /// A publish whose peer token is missing (under `--strict-peers`) or not valid for the
@@ -65,7 +67,9 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge(_) | ApiError::EscapedTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::Forbidden(_) | ApiError::PeerRefused(_) => StatusCode::FORBIDDEN,
             ApiError::RoomFull(_) | ApiError::ChannelFull(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) | ApiError::TooManyChannels(_) => {
@@ -90,6 +94,9 @@ impl ApiError {
             ApiError::NotFound => "not found".into(),
             ApiError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
             ApiError::PayloadTooLarge(max) => format!("body larger than {max} bytes"),
+            ApiError::EscapedTooLarge(max) => format!(
+                "body escapes to more than {max} bytes of JSON (a control character takes 6)"
+            ),
             ApiError::RoomFull(_) => "room is full".into(),
             ApiError::TooManyRequests(_) => "too many messages from this address; slow down".into(),
             ApiError::BodyTimeout => "the body took too long to arrive".into(),
@@ -108,7 +115,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::PayloadTooLarge(_) => "body_too_large",
+            ApiError::PayloadTooLarge(_) | ApiError::EscapedTooLarge(_) => "body_too_large",
             ApiError::Forbidden(_) => "forbidden_origin",
             ApiError::PeerRefused(_) => "forbidden_peer",
             ApiError::TooManyRequests(_) => "rate_limited",

@@ -14,6 +14,16 @@ pub const MAX_TYPE_LEN: usize = 64;
 /// Longest peer id we accept.
 pub const MAX_PEER_LEN: usize = 64;
 
+/// The event types the relay itself sends (`sse.rs` builds their frames with these names). A
+/// client's page trusts them (a `gap` makes the call page renegotiate, `welcome` carries its
+/// identity), so no publish may carry one: [`EventType::parse`] refuses every name listed here,
+/// on every path a type comes in by (both publish paths, and flask-sse messages from Redis).
+/// A new server event goes in this list.
+pub const WELCOME: &str = "welcome";
+pub const PRESENCE: &str = "presence";
+pub const GAP: &str = "gap";
+pub const SERVER_EVENT_TYPES: [&str; 3] = [WELCOME, PRESENCE, GAP];
+
 /// Why a name was refused; the text is shown to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NameError {
@@ -23,6 +33,8 @@ pub enum NameError {
     BadCharacter(&'static str, &'static str),
     /// The target does not have the expected shape; the text says which.
     Malformed(&'static str),
+    /// An event type only the relay itself may send ([`SERVER_EVENT_TYPES`]).
+    ReservedType(&'static str),
 }
 
 impl fmt::Display for NameError {
@@ -35,6 +47,12 @@ impl fmt::Display for NameError {
                 write!(f, "{what} may only contain {allowed}")
             }
             NameError::Malformed(expected) => write!(f, "expected {expected}"),
+            NameError::ReservedType(name) => {
+                write!(
+                    f,
+                    "event type {name} is reserved for the relay's own events"
+                )
+            }
         }
     }
 }
@@ -75,7 +93,8 @@ impl fmt::Debug for ChannelName {
     }
 }
 
-/// An SSE event type: 1–64 characters of `[A-Za-z0-9_-]`.
+/// An SSE event type a client may publish: 1–64 characters of `[A-Za-z0-9_-]`, and none of
+/// the relay's own ([`SERVER_EVENT_TYPES`]; compared exactly, as EventSource compares types).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventType(Box<str>);
 
@@ -84,6 +103,9 @@ impl EventType {
         check(raw, "event type", MAX_TYPE_LEN, "A-Z a-z 0-9 _ -", |b| {
             b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')
         })?;
+        if let Some(reserved) = SERVER_EVENT_TYPES.iter().find(|t| **t == raw) {
+            return Err(NameError::ReservedType(reserved));
+        }
         Ok(EventType(raw.into()))
     }
 
@@ -281,6 +303,17 @@ mod tests {
         for bad in ["", "a.b", "a\nb", "a:b", "x y", &"t".repeat(65)] {
             assert!(EventType::parse(bad).is_err(), "{bad:?}");
         }
+        for reserved in SERVER_EVENT_TYPES {
+            assert_eq!(
+                EventType::parse(reserved),
+                Err(NameError::ReservedType(reserved))
+            );
+            let target = PublishTarget::parse(&format!("room/{reserved}"));
+            assert_eq!(target, Err(NameError::ReservedType(reserved)));
+        }
+        // EventSource compares types exactly: other spellings are ordinary types.
+        assert!(EventType::parse("Gap").is_ok());
+        assert!(EventType::parse("gaps").is_ok());
     }
 
     #[test]

@@ -10,6 +10,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::names::{GAP, PRESENCE, WELCOME};
+
 /// Sent every `--keepalive` seconds on an idle stream: a comment, ignored by every client,
 /// which keeps proxies and NAT tables from timing the connection out.
 pub const KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
@@ -18,6 +20,15 @@ pub const KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
 /// once and `EventSource.onopen` fires before any message, then the reconnection delay.
 pub fn preamble(retry_ms: u64) -> Bytes {
     Bytes::from(format!(": sigrelay\nretry: {retry_ms}\n\n"))
+}
+
+/// The largest message tail a body of at most `max_body` bytes may encode to: twice the body,
+/// plus room for the type, the sender and the fixed text. JSON escaping doubles a quote or a
+/// backslash but makes six bytes of a control character (`\u0001`), so without this a 64 KiB
+/// body could become a 384 KiB frame held in history and written to every subscriber; signaling
+/// text (SDP, JSON) grows by a few percent.
+pub fn max_tail_len(max_body: usize) -> usize {
+    2 * max_body + 256
 }
 
 /// The part of a message frame that does not depend on its id, encoded once per publish
@@ -88,7 +99,8 @@ pub fn put_decimal(out: &mut impl BufMut, mut n: u64) {
     out.put_slice(&digits[start..]);
 }
 
-/// A frame the relay itself emits (`presence`, `gap`). `data_json` is one line of JSON built by
+/// A frame the relay itself emits (`presence`, `gap`, `welcome`: the types in
+/// [`crate::names::SERVER_EVENT_TYPES`], which no publish may use). `data_json` is one line of JSON built by
 /// serde_json, so it holds no raw newline.
 pub fn event_frame(id: Option<u64>, event_type: &str, data_json: &str) -> Bytes {
     debug_assert!(!data_json.contains(['\n', '\r']));
@@ -190,7 +202,7 @@ pub fn python_json(value: &serde_json::Value) -> String {
 /// `event: presence` with `{"subscribers": N, "peers": M}`: who is in the room now.
 pub fn presence_frame(subscribers: usize, peers: usize) -> Bytes {
     let data = format!(r#"{{"subscribers": {subscribers}, "peers": {peers}}}"#);
-    event_frame(None, "presence", &data)
+    event_frame(None, PRESENCE, &data)
 }
 
 /// `event: welcome` with `{"peer": ID, "token": T}`, the first event of every stream: who this
@@ -202,7 +214,7 @@ pub fn welcome_frame(peer: &str, token: &str) -> Bytes {
         serde_json::Value::from(peer),
         serde_json::Value::from(token)
     );
-    event_frame(None, "welcome", &data)
+    event_frame(None, WELCOME, &data)
 }
 
 /// `event: gap`: the client asked to resume after `last_event_id` but events after it are no
@@ -213,7 +225,7 @@ pub fn gap_frame(last_event_id: &str, resume_from: u64) -> Bytes {
         "lastEventId": last_event_id,
         "resumeFrom": resume_from.to_string(),
     });
-    event_frame(Some(resume_from), "gap", &data.to_string())
+    event_frame(Some(resume_from), GAP, &data.to_string())
 }
 
 #[cfg(test)]

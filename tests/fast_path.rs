@@ -349,3 +349,60 @@ async fn pipelined_publishes_reach_every_reader_in_order() {
         }
     }
 }
+
+/// Issue 12 item 11: the relay's own event types cannot be published, on either publish path:
+/// a connection whose first request is the publish is served directly (`http::fast`),
+/// one that starts with `GET /healthz` stays with hyper. Each gets 400 with a one-line JSON
+/// reason, and no subscriber sees anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn server_event_types_cannot_be_published() {
+    let server = TestServer::start().await;
+    let mut listener = server.subscribe("own").await;
+    listener.welcome().await;
+    assert_eq!(listener.next_presence().await, Some(1));
+    for reserved in sigrelay::names::SERVER_EVENT_TYPES {
+        let publish = format!(
+            "POST /channel/send/own/{reserved} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{{}}"
+        );
+        let mut direct = TcpStream::connect(server.addr).await.unwrap();
+        let mut pending = Vec::new();
+        direct.write_all(publish.as_bytes()).await.unwrap();
+        let direct_answer = read_response(&mut direct, &mut pending).await;
+        assert!(served_directly(&direct_answer), "{direct_answer}");
+
+        let mut hyper = TcpStream::connect(server.addr).await.unwrap();
+        let mut pending = Vec::new();
+        hyper
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            status_of(&read_response(&mut hyper, &mut pending).await),
+            200
+        );
+        hyper.write_all(publish.as_bytes()).await.unwrap();
+        let hyper_answer = read_response(&mut hyper, &mut pending).await;
+        assert!(!served_directly(&hyper_answer), "{hyper_answer}");
+
+        let body = |t: &str| t.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        for answer in [&direct_answer, &hyper_answer] {
+            assert_eq!(status_of(answer), 400, "{answer}");
+            assert_eq!(
+                body(answer),
+                format!(
+                    "{{\"error\":\"event type {reserved} is reserved for the relay's own events\"}}\n"
+                )
+            );
+        }
+    }
+    // Other spellings are ordinary types, and the channel still works.
+    server.publish("own", "Gap", "fine").await;
+    // Read with `next`, which skips nothing: a refused welcome/presence/gap would show here.
+    let event = listener.next().await.expect("the ordinary message");
+    assert_eq!(
+        (event.event.as_str(), message_of(&event).as_str()),
+        ("Gap", "fine")
+    );
+    let more = listener.next_within(Duration::from_millis(200)).await;
+    assert!(more.is_none(), "nothing else was broadcast: {more:?}");
+}

@@ -662,12 +662,12 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 1000 / per_second)
 }
 
-/// Fault 9 (issue 12 item 9): connections that sent the start of a request line and stopped
+/// Fault 11 (issue 12 item 9): connections that sent the start of a request line and stopped
 /// (`POST /chan`, `GET /strea`) wait on readiness and cost no CPU until the header timeout
 /// closes them (the sniffer used to look again every 5 ms: 4,000 such connections kept 72 % of
 /// a core busy).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f9_half_sent_request_lines_cost_no_cpu() {
+async fn f11_half_sent_request_lines_cost_no_cpu() {
     let _one = SERIAL.lock().await;
     raise_nofile();
     let server = start_binary(&["--header-timeout", "30"]);
@@ -691,7 +691,7 @@ async fn f9_half_sent_request_lines_cost_no_cpu() {
     let used = cpu_time(pid) - before;
     let share = used.as_secs_f64() / window.as_secs_f64();
     eprintln!(
-        "f9: 1,500 half-sent request lines: server CPU {:.1} % of a core over {window:?}",
+        "f11: 1,500 half-sent request lines: server CPU {:.1} % of a core over {window:?}",
         share * 100.0
     );
     // Polling costs ~27 % of a core at this count; waiting on readiness, close to 0.
@@ -725,13 +725,13 @@ fn server_send_queues(port: u16) -> (usize, u64) {
     (sockets, bytes)
 }
 
-/// Fault 10 (issue 12 item 6): subscribers with tiny receive buffers that stop reading while
+/// Fault 12 (issue 12 item 6): subscribers with tiny receive buffers that stop reading while
 /// large frames are published. Each stream's send buffer is fixed (`STREAM_SNDBUF`), so what
 /// they pin in the kernel is bounded (autotuned buffers grew to ~4 MiB each: 300 such readers
 /// held 1.1 GiB of kernel memory); past `--stall-timeout` each is reset, so nothing lingers as
 /// an orphaned socket still holding its buffer, and the connection count says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f10_stalled_readers_pin_bounded_kernel_memory_and_are_reset() {
+async fn f12_stalled_readers_pin_bounded_kernel_memory_and_are_reset() {
     let _one = SERIAL.lock().await;
     raise_nofile();
     let server = start_binary(&["--stall-timeout", "2", "--max-body", "65536"]);
@@ -747,8 +747,8 @@ async fn f10_stalled_readers_pin_bounded_kernel_memory_and_are_reset() {
         stalled.push(sock);
     }
     wait_health(server.addr, "subscribers", readers, WAIT).await;
-    // 65,536 × U+0001 escapes to a ~393 KB frame.
-    let body = "\u{1}".repeat(65_536);
+    // 21,800 × U+0001 escapes to a ~131 KB frame (within the escaped-size limit).
+    let body = "\u{1}".repeat(21_800);
     let mut publisher = Raw::connect(server.addr).await;
     for _ in 0..20 {
         publisher.send(&post_request("stall", "big", &body)).await;
@@ -757,7 +757,7 @@ async fn f10_stalled_readers_pin_bounded_kernel_memory_and_are_reset() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (sockets, queued) = server_send_queues(server.addr.port());
     eprintln!(
-        "f10: {readers} stalled readers, 20 × 393 KB frames: {queued} bytes queued in the kernel on {sockets} server sockets"
+        "f12: {readers} stalled readers, 20 × 131 KB frames: {queued} bytes queued in the kernel on {sockets} server sockets"
     );
     // Each stream's send buffer is 128 KiB (the kernel's accounting doubles it).
     let bound = readers * 2 * sigrelay::http::fast::STREAM_SNDBUF as u64 + 1024 * 1024;
@@ -769,7 +769,7 @@ async fn f10_stalled_readers_pin_bounded_kernel_memory_and_are_reset() {
         let open = metric(server.addr, "sigrelay_connections_open").await;
         // The /metrics request itself is one open connection.
         if queued == 0 && open <= 1.0 {
-            eprintln!("f10: all {readers} reset after the stall timeout; {sockets} server sockets left, {open} connections open");
+            eprintln!("f12: all {readers} reset after the stall timeout; {sockets} server sockets left, {open} connections open");
             break;
         }
         assert!(
@@ -780,4 +780,89 @@ async fn f10_stalled_readers_pin_bounded_kernel_memory_and_are_reset() {
     }
     assert_eq!(health(server.addr).await["subscribers"], 0);
     drop(stalled);
+}
+
+/// Fault 9 (issue 12 item 2): bodies of control characters, which JSON-escape six-fold, each
+/// published into a new channel nobody hears, from several addresses at their full burst, with
+/// default flags. History is bounded by `--history-budget` (64 MiB), so the server stays under
+/// its documented ceiling (README "Limits and security") and keeps answering; before the budget
+/// every frame stayed for the history TTL (here 1,600 x 131 KB = 210 MB of frames alone, and
+/// 393 KB each when a 64 KiB body could escape to six times its size). The post rate limit is
+/// per address, so the attack comes from eight loopback addresses instead of raising it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f9_escaped_bodies_into_new_channels_stay_under_the_history_budget() {
+    let _serial = SERIAL.lock().await;
+    const ADDRESSES: u8 = 8;
+    const PER_ADDRESS: usize = 200; // the default --post-burst
+    const CEILING_MIB: u64 = 160;
+    let server = Binary::start(&["--bind", "127.0.0.1:0", "--log", "error"]);
+    let addr = server.addr;
+    let rss_start = server.rss_kib();
+
+    // 64 KiB of U+0001 escapes to 384 KiB: refused now, on the body's escaped size.
+    let whole = "\u{1}".repeat(65_536);
+    let mut raw = Raw::connect(addr).await;
+    raw.send(&post_request("escaped-whole", "m", &whole)).await;
+    let (status, body) = raw.response().await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).starts_with("{\"error\":"));
+
+    // The largest body that passes: 21,800 x U+0001, a 131 KB frame.
+    let body = "\u{1}".repeat(21_800);
+    let started = Instant::now();
+    let attackers = (0..ADDRESSES).map(|a| {
+        let body = body.clone();
+        async move {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket
+                .bind(SocketAddr::from(([127, 0, 0, 2 + a], 0)))
+                .unwrap();
+            let sock = tokio::time::timeout(WAIT, socket.connect(addr))
+                .await
+                .expect("connect in time")
+                .expect("connect");
+            let mut raw = Raw {
+                sock,
+                buf: Vec::new(),
+            };
+            let mut accepted = 0;
+            for batch in 0..PER_ADDRESS / 20 {
+                let mut requests = Vec::new();
+                for i in 0..20 {
+                    let room = format!("escaped-{a}-{}", batch * 20 + i);
+                    requests.extend(post_request(&room, "m", &body));
+                }
+                raw.send(&requests).await;
+                for _ in 0..20 {
+                    if raw.response().await.0 == 200 {
+                        accepted += 1;
+                    }
+                }
+            }
+            accepted
+        }
+    });
+    let accepted: usize = join_all(attackers).await.into_iter().sum();
+    let took = started.elapsed();
+    let rss_end = server.rss_kib();
+    let probe = Instant::now();
+    let health = health(addr).await;
+    let answered = probe.elapsed();
+    let held = metric(addr, "sigrelay_history_bytes").await;
+    eprintln!(
+        "fault 9: {accepted} frames of 131 KB into new channels from {ADDRESSES} addresses in \
+         {took:.1?}; history {:.1} MiB (budget 64); server RSS {rss_start} -> {rss_end} KiB \
+         (ceiling {CEILING_MIB} MiB); /healthz answered in {answered:.1?}",
+        held / 1_048_576.0
+    );
+    assert!(
+        accepted as f64 * 131_000.0 > 3.0 * 64.0 * 1_048_576.0,
+        "only {accepted} accepted: too few to tell a budget from none"
+    );
+    assert!(held <= 64.0 * 1_048_576.0, "history {held} bytes");
+    assert_eq!(health["status"], "ok");
+    assert!(
+        rss_end < CEILING_MIB * 1024,
+        "RSS {rss_end} KiB is over the {CEILING_MIB} MiB ceiling"
+    );
 }

@@ -125,3 +125,99 @@ async fn connection_refusals_are_counted() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Issue 12 item 10: `/healthz` and `/metrics` read kept counts, so they cost the same with
+/// many channels as with none (the figure is printed, not asserted: timings vary) and report
+/// the counts exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_cost_no_more_with_many_channels() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CHANNELS: usize = 20_000;
+    const PROBES: usize = 200;
+    // One address publishes them all: the rate limit is not what this test is about.
+    let server = TestServer::with(|c| {
+        c.post_rate = 1e9;
+        c.post_burst = 1e9;
+    })
+    .await;
+    // Time per request over one keep-alive connection (answers have a Content-Length).
+    let per_request = |target: &'static str| async move {
+        let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let started = std::time::Instant::now();
+        let mut buf = vec![0u8; 64 * 1024];
+        for _ in 0..PROBES {
+            conn.write_all(request.as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            loop {
+                let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap();
+                    if got.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+        }
+        started.elapsed() / PROBES as u32
+    };
+    let health_empty = per_request("/healthz").await;
+    let metrics_empty = per_request("/metrics").await;
+
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    for batch in 0..CHANNELS / 500 {
+        let mut requests = Vec::new();
+        for i in 0..500 {
+            requests.extend_from_slice(
+                format!(
+                    "POST /channel/send/many-{}/m HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+                    batch * 500 + i
+                )
+                .as_bytes(),
+            );
+        }
+        conn.write_all(&requests).await.unwrap();
+        let mut answers = 0;
+        while answers < 500 {
+            let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0);
+            answers += String::from_utf8_lossy(&buf[..n])
+                .matches("HTTP/1.1 200")
+                .count();
+        }
+    }
+    let mut streams = Vec::new();
+    for i in 0..3 {
+        let mut sub = server.subscribe(&format!("many-{i}")).await;
+        sub.welcome().await;
+        streams.push(sub);
+    }
+    let health = server.health().await;
+    assert_eq!(health["channels"], CHANNELS as u64);
+    assert_eq!(health["subscribers"], 3);
+    let text = scrape(&server).await;
+    assert_eq!(sample(&text, "sigrelay_channels"), CHANNELS as f64);
+    assert_eq!(sample(&text, "sigrelay_subscribers"), 3.0);
+    assert!(sample(&text, "sigrelay_history_bytes") >= (CHANNELS * 96) as f64);
+    let health_many = per_request("/healthz").await;
+    let metrics_many = per_request("/metrics").await;
+    eprintln!(
+        "item 10: per request, no channels vs {CHANNELS}: /healthz {health_empty:.1?} vs \
+         {health_many:.1?}, /metrics {metrics_empty:.1?} vs {metrics_many:.1?}"
+    );
+    drop(streams);
+}

@@ -68,6 +68,10 @@ pub async fn publish_body(
         .map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
 
     let tail = MessageTail::from_peer(event_type.as_str(), body, from.as_ref().map(PeerId::as_str));
+    let limit = sse::max_tail_len(app.config.max_body);
+    if tail.as_bytes().len() > limit {
+        return Err(ApiError::EscapedTooLarge(limit));
+    }
     let published = app.hub.publish(&channel, &tail).await?;
     app.metrics.published();
     let mut answer = Vec::with_capacity(64);

@@ -13,7 +13,21 @@
 //!   different event.
 //! - The subscriber count changes only under the shard lock (join) or the channel lock (leave),
 //!   and the reaper removes a channel only with both held and the count at zero, so a channel is
-//!   never removed under a subscriber.
+//!   never removed under a subscriber. The hub-wide count ([`HubCounters::subscribers`]) moves
+//!   at the same two places, so `/healthz` and `/metrics` read one atomic, whatever the number
+//!   of channels.
+//! - History is bounded three ways: `history` events and `history_bytes` per channel, and
+//!   `history_budget` over all channels; an event costs its encoded frame plus
+//!   [`EVENT_OVERHEAD`] (so a JSON-escaped body is counted at its escaped size). Past a
+//!   channel's bounds its oldest events go; past the budget the oldest events hub-wide go
+//!   ([`Hub::enforce_budget`], through the `oldest` index, never while holding a channel lock).
+//!   What is evicted moves the channel's floor, so a resume from before it gets `gap`. The total
+//!   may pass the budget only by the events being published at that moment.
+//! - History is where frames live on: the broadcast ring holds a frame only until every
+//!   receiver has read it (tokio drops a slot's value when its last expected reader takes it,
+//!   and a send with no receiver is not stored), so a frame outlives its eviction from history
+//!   only for a subscriber that is behind (at most `broadcast_capacity` frames per channel, and
+//!   the batch its writer holds), and such a subscriber is resumed from history or gets `gap`.
 //!
 //! With `--redis` the same map is the instance's local fan-out ([`Hub::new_relay`]): ids,
 //! history of record, room capacity and presence come from Redis (`hub/redis.rs`), events arrive
@@ -21,7 +35,7 @@
 //! counts are brought up to date. The local ring is then only a cache for lag recovery.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,11 +59,25 @@ const CATCH_UP_YIELDS: usize = 16;
 /// One shard of the channel map.
 type Shard = Mutex<HashMap<ChannelName, Arc<Channel>>>;
 
+/// What one history entry costs beyond its frame: the ring slot, the shared buffer's header and
+/// the allocator's, rounded up. Counted so that many tiny events cannot outgrow the budget.
+pub const EVENT_OVERHEAD: usize = 96;
+
+/// The history budget's bill for one event.
+fn cost(event: &Event) -> usize {
+    event.frame.len() + EVENT_OVERHEAD
+}
+
 /// Tunables, from the validated config.
 #[derive(Debug, Clone)]
 pub struct HubSettings {
     /// Events kept per channel for `Last-Event-ID` replay and lag recovery.
     pub history: usize,
+    /// Bytes of history kept per channel (`--history-bytes`; frames plus [`EVENT_OVERHEAD`]).
+    pub history_bytes: usize,
+    /// Bytes of history kept over all channels (`--history-budget`); past it the oldest events
+    /// hub-wide are evicted.
+    pub history_budget: usize,
     /// How long a channel with no subscribers keeps its history before it is removed.
     pub history_ttl: Duration,
     /// Distinct peer ids (streams opened with `peer=`) allowed in one channel.
@@ -83,6 +111,11 @@ pub struct Hub {
     relay: Option<mpsc::UnboundedSender<ChannelName>>,
     /// Replays and gaps, for `/metrics`; every channel holds a clone to count its own.
     counters: Arc<HubCounters>,
+    /// Channels with history, keyed by (at most) their oldest event's id: where the budget
+    /// finds the oldest events hub-wide. A key may lag behind its channel's true oldest id
+    /// (it is corrected when the budget looks at it), so a publish does not touch this map
+    /// unless its channel had no history. Locked last: after the shard and the channel.
+    oldest: Mutex<BTreeMap<u64, Arc<Channel>>>,
 }
 
 struct Channel {
@@ -93,8 +126,13 @@ struct Channel {
 }
 
 struct ChannelState {
-    /// Published events, oldest first, at most `settings.history` long.
+    /// Published events, oldest first, at most `settings.history` long and
+    /// `settings.history_bytes` in cost.
     history: VecDeque<Event>,
+    /// What `history` costs ([`cost`]); its part of [`HubCounters::history_bytes`].
+    history_bytes: usize,
+    /// The key this channel is filed under in [`Hub::oldest`], if it is.
+    indexed: Option<u64>,
     /// Events with ids up to here may have existed but are not in `history` (evicted, or from
     /// before this channel was created): resuming after an id below it is a gap.
     floor: u64,
@@ -118,19 +156,40 @@ impl ChannelState {
             .max(self.floor)
     }
 
-    /// Appends a published event to the history ring, moving the floor past what falls out.
-    fn remember(&mut self, event: &Event, history: usize) {
-        let Some(id) = event.id else { return };
-        if history == 0 {
-            self.floor = id;
+    /// Appends a published event to the history ring, then evicts the oldest events while the
+    /// channel holds more than `settings.history` events or `settings.history_bytes` (an event
+    /// larger than that alone is delivered but not kept: the floor moves past it).
+    fn remember(&mut self, event: &Event, settings: &HubSettings, counters: &HubCounters) {
+        if event.id.is_none() {
             return;
         }
-        if self.history.len() >= history {
-            if let Some(evicted) = self.history.pop_front() {
-                self.floor = evicted.id.unwrap_or(self.floor);
-            }
-        }
         self.history.push_back(event.clone());
+        self.history_bytes += cost(event);
+        counters
+            .history_bytes
+            .fetch_add(cost(event) as u64, Ordering::Relaxed);
+        while self.history.len() > settings.history || self.history_bytes > settings.history_bytes {
+            self.evict_oldest(counters);
+        }
+    }
+
+    /// Drops the oldest event from history, moving the floor to its id. Returns its cost.
+    fn evict_oldest(&mut self, counters: &HubCounters) -> usize {
+        let Some(evicted) = self.history.pop_front() else {
+            return 0;
+        };
+        self.floor = self.floor.max(evicted.id.unwrap_or(0));
+        let cost = cost(&evicted);
+        self.history_bytes -= cost;
+        counters
+            .history_bytes
+            .fetch_sub(cost as u64, Ordering::Relaxed);
+        cost
+    }
+
+    /// Forgets all history (the channel is being removed).
+    fn forget(&mut self, counters: &HubCounters) {
+        while self.evict_oldest(counters) > 0 {}
     }
 
     /// Sends a presence event to everyone subscribed and keeps it for lag recovery.
@@ -192,6 +251,7 @@ impl Hub {
             channels: AtomicU64::new(0),
             relay,
             counters: Arc::default(),
+            oldest: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -234,6 +294,8 @@ impl Hub {
             tx,
             state: Mutex::new(ChannelState {
                 history: VecDeque::new(),
+                history_bytes: 0,
+                indexed: None,
                 floor,
                 subscribers: 0,
                 peers: Vec::new(),
@@ -262,14 +324,61 @@ impl Hub {
             id: Some(id),
             frame: tail.with_id(id),
         };
-        state.remember(&event, self.settings.history);
+        self.keep(&chan, &mut state, &event);
+        let subscribers = state.subscribers;
         // An error only means nobody is subscribed right now; history still has the event.
         let _ = chan.tx.send(event);
+        let queued = chan.tx.len();
+        drop(state);
+        drop(shard);
+        self.enforce_budget();
         Ok(Published {
             id,
-            subscribers: state.subscribers,
-            queued: chan.tx.len(),
+            subscribers,
+            queued,
         })
+    }
+
+    /// Puts `event` in `chan`'s history (its state locked by the caller) and files the channel
+    /// in the oldest-first index if it had no history.
+    fn keep(&self, chan: &Arc<Channel>, state: &mut ChannelState, event: &Event) {
+        state.remember(event, &self.settings, &self.counters);
+        if state.indexed.is_none() {
+            if let Some(key) = state.history.front().and_then(|e| e.id) {
+                state.indexed = Some(key);
+                lock(&self.oldest).insert(key, chan.clone());
+            }
+        }
+    }
+
+    /// Evicts the oldest events hub-wide until history is within `--history-budget`. Called
+    /// with no lock held; takes the index, then one channel at a time (index released first,
+    /// since everywhere else the index is locked after a channel).
+    pub fn enforce_budget(&self) {
+        let budget = self.settings.history_budget as u64;
+        while self.counters.history_bytes.load(Ordering::Relaxed) > budget {
+            let Some((key, chan)) = lock(&self.oldest).pop_first() else {
+                return;
+            };
+            let mut state = lock(&chan.state);
+            if state.indexed != Some(key) {
+                // Filed again (or removed) meanwhile by someone else; that entry stands.
+                continue;
+            }
+            let front = state.history.front().and_then(|e| e.id);
+            match front {
+                // Older than the true front: a lagging key. Re-file it where it belongs.
+                Some(id) if id > key => {}
+                Some(_) => {
+                    state.evict_oldest(&self.counters);
+                }
+                None => {}
+            }
+            state.indexed = state.history.front().map(|e| e.id.unwrap_or(0));
+            if let Some(new_key) = state.indexed {
+                lock(&self.oldest).insert(new_key, chan.clone());
+            }
+        }
     }
 
     /// Backpressure for a publisher that outruns its readers (pipelined publishes are read
@@ -297,16 +406,20 @@ impl Hub {
     /// live feed delivers nothing twice. Returns whether the event went out.
     pub fn deliver(&self, channel: &ChannelName, event: Event) -> bool {
         let shard = self.shard(channel);
-        let Some(chan) = shard.get(channel) else {
+        let Some(chan) = shard.get(channel).cloned() else {
             return false;
         };
         let mut state = lock(&chan.state);
         match event.id {
             Some(id) if id <= state.newest() => return false,
-            Some(_) => state.remember(&event, self.settings.history),
+            // The local ring is bounded like a lone hub's history, by the same budgets.
+            Some(_) => self.keep(&chan, &mut state, &event),
             None => state.presence = Some(event.frame.clone()),
         }
         let _ = chan.tx.send(event);
+        drop(state);
+        drop(shard);
+        self.enforce_budget();
         true
     }
 
@@ -409,6 +522,7 @@ impl Hub {
         }
 
         state.subscribers += 1;
+        self.counters.subscribers.fetch_add(1, Ordering::Relaxed);
         state.idle_since = None;
         let rx = chan.tx.subscribe();
         let mut pending = VecDeque::new();
@@ -456,7 +570,7 @@ impl Hub {
         for shard in self.shards.iter() {
             let mut map = lock(shard);
             map.retain(|name, chan| {
-                let state = lock(&chan.state);
+                let mut state = lock(&chan.state);
                 let expired = state.subscribers == 0
                     && state
                         .idle_since
@@ -464,6 +578,10 @@ impl Hub {
                 if expired {
                     tracing::debug!(channel = %name, "channel removed after idle ttl");
                     removed += 1;
+                    state.forget(&self.counters);
+                    if let Some(key) = state.indexed.take() {
+                        lock(&self.oldest).remove(&key);
+                    }
                 }
                 !expired
             });
@@ -496,17 +614,15 @@ impl Hub {
         self.channels.load(Ordering::Relaxed) as usize
     }
 
-    /// Streams currently subscribed, over all channels.
+    /// Streams currently subscribed, over all channels: one load, not a walk over channels
+    /// (`/healthz` and `/metrics` must not cost more as rooms are created).
     pub fn subscriber_count(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                lock(s)
-                    .values()
-                    .map(|c| lock(&c.state).subscribers)
-                    .sum::<usize>()
-            })
-            .sum()
+        self.counters.subscribers() as usize
+    }
+
+    /// Bytes of history held over all channels (frames plus [`EVENT_OVERHEAD`] each).
+    pub fn history_bytes(&self) -> usize {
+        self.counters.history_bytes() as usize
     }
 }
 
@@ -654,6 +770,10 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let mut state = lock(&self.channel.state);
         state.subscribers -= 1;
+        self.channel
+            .counters
+            .subscribers
+            .fetch_sub(1, Ordering::Relaxed);
         let id = self.id;
         state.peers.retain(|slot| slot.subscription != id);
         if state.subscribers == 0 {
@@ -725,6 +845,8 @@ mod tests {
         Hub::new(
             HubSettings {
                 history,
+                history_bytes: 1 << 30,
+                history_budget: 1 << 30,
                 history_ttl: Duration::from_millis(50),
                 room_capacity: 2,
                 broadcast_capacity,
@@ -733,6 +855,37 @@ mod tests {
             },
             CancellationToken::new(),
         )
+    }
+
+    /// A hub with byte budgets: `per_channel` and `total` bytes of history, room for many
+    /// channels and events.
+    fn budgeted(per_channel: usize, total: usize) -> Hub {
+        Hub::new(
+            HubSettings {
+                history: 1000,
+                history_bytes: per_channel,
+                history_budget: total,
+                history_ttl: Duration::from_millis(50),
+                room_capacity: 2,
+                broadcast_capacity: 16,
+                max_channels: 1000,
+                max_subscribers: 4,
+            },
+            CancellationToken::new(),
+        )
+    }
+
+    /// Every channel's history cost, recounted from the events themselves.
+    fn recount(hub: &Hub) -> Vec<usize> {
+        hub.shards
+            .iter()
+            .flat_map(|s| {
+                lock(s)
+                    .values()
+                    .map(|c| lock(&c.state).history.iter().map(cost).sum())
+                    .collect::<Vec<usize>>()
+            })
+            .collect()
     }
 
     fn room() -> ChannelName {
@@ -824,6 +977,115 @@ mod tests {
         }
     }
 
+    /// Issue 12 item 2: bodies that escape six-fold, into ever new channels and into one,
+    /// never make history pass the per-channel or the total budget, and a resume from before
+    /// what was evicted gets `gap` (then what is left).
+    #[tokio::test]
+    async fn history_stays_within_its_byte_budgets_and_evicted_resumes_get_a_gap() {
+        const PER_CHANNEL: usize = 8 * 1024;
+        const TOTAL: usize = 40 * 1024;
+        let hub = budgeted(PER_CHANNEL, TOTAL);
+        let escaped = "\u{1}".repeat(1000); // 1,000 bytes, about 6,000 once escaped
+        let name = |i: usize| ChannelName::parse(&format!("r{i}")).unwrap();
+        let mut first_ids = Vec::new();
+        for i in 0..200 {
+            let tail = sse::MessageTail::new("m", &escaped);
+            let id = hub.publish(&name(i % 50), &tail).unwrap().id;
+            if i < 50 {
+                first_ids.push(id);
+            }
+            let counts = recount(&hub);
+            let total: usize = counts.iter().sum();
+            assert_eq!(total, hub.history_bytes(), "the running total is exact");
+            assert!(total <= TOTAL, "after {i}: {total} > {TOTAL}");
+            assert!(counts.iter().all(|c| *c <= PER_CHANNEL), "{counts:?}");
+        }
+        // Spread over 50 channels the total budget bites (an event costs ~6 KB, 40 KB in all).
+        assert!(
+            hub.history_bytes() > TOTAL - 7 * 1024,
+            "{}",
+            hub.history_bytes()
+        );
+        // One channel alone: its own budget bites first.
+        for _ in 0..20 {
+            publish(&hub, &escaped);
+        }
+        let room_bytes: usize = lock(&hub.shard(&room()).get(&room()).unwrap().state).history_bytes;
+        assert!(
+            room_bytes <= PER_CHANNEL && room_bytes > PER_CHANNEL / 2,
+            "{room_bytes}"
+        );
+        // The first channel's first event is long gone: resuming after it is a gap.
+        let mut sub = hub
+            .subscribe(&name(0), StartAt::After(first_ids[0].to_string()), None)
+            .unwrap();
+        let frames = drain(&mut sub).await;
+        assert!(
+            frames.first().is_some_and(|f| f.contains("event: gap")),
+            "{frames:?}"
+        );
+        // An event larger than a channel's budget is delivered but not kept.
+        let mut live = hub.subscribe(&room(), StartAt::Live, None).unwrap();
+        let big = "x".repeat(PER_CHANNEL + 1);
+        let id = publish(&hub, &big);
+        assert!(drain(&mut live).await[0].starts_with(&format!("id: {id}\n")));
+        let chan = hub.shard(&room()).get(&room()).unwrap().clone();
+        assert!(lock(&chan.state).history.is_empty());
+        assert_eq!(lock(&chan.state).floor, id);
+    }
+
+    /// The broadcast ring does not keep a frame once every subscriber has read it: after
+    /// eviction from history the subscriber's copy is the only one left.
+    #[tokio::test]
+    async fn a_frame_read_by_everyone_and_evicted_is_held_nowhere() {
+        let hub = budgeted(4 * 1024, 1 << 20);
+        let mut a = hub.subscribe(&room(), StartAt::Live, None).unwrap();
+        let mut b = hub.subscribe(&room(), StartAt::Live, None).unwrap();
+        let id = publish(&hub, &"y".repeat(3000));
+        let frame = loop {
+            let f = a.recv().await.unwrap();
+            if f.starts_with(format!("id: {id}\n").as_bytes()) {
+                break f;
+            }
+        };
+        while !b
+            .recv()
+            .await
+            .unwrap()
+            .starts_with(format!("id: {id}\n").as_bytes())
+        {}
+        assert!(!frame.is_unique(), "history still holds it");
+        publish(&hub, &"z".repeat(3000)); // evicts it from history (4 KiB per channel)
+        drain(&mut a).await;
+        drain(&mut b).await;
+        assert!(
+            frame.is_unique(),
+            "the broadcast ring or history still holds the frame"
+        );
+    }
+
+    /// Issue 12 item 10: the subscriber count is kept, not counted over channels.
+    #[tokio::test]
+    async fn subscriber_count_is_kept_as_streams_come_and_go() {
+        let hub = budgeted(1 << 20, 1 << 20);
+        let name = |i: usize| ChannelName::parse(&format!("c{i}")).unwrap();
+        let subs: Vec<_> = (0..30)
+            .map(|i| hub.subscribe(&name(i % 10), StartAt::Live, None).unwrap())
+            .collect();
+        assert_eq!(hub.subscriber_count(), 30);
+        assert_eq!(hub.channel_count(), 10);
+        drop(subs);
+        assert_eq!(hub.subscriber_count(), 0);
+        // A refused subscription counts nothing.
+        let held: Vec<_> = (0..4)
+            .map(|_| hub.subscribe(&room(), StartAt::Live, None).unwrap())
+            .collect();
+        assert!(hub.subscribe(&room(), StartAt::Live, None).is_err());
+        assert_eq!(hub.subscriber_count(), 4);
+        drop(held);
+        assert_eq!(hub.subscriber_count(), 0);
+    }
+
     #[tokio::test]
     async fn capacity_and_takeover() {
         let hub = hub(64, 16);
@@ -896,6 +1158,8 @@ mod tests {
         let hub = Hub::new_relay(
             HubSettings {
                 history: 4,
+                history_bytes: 1 << 30,
+                history_budget: 1 << 30,
                 history_ttl: Duration::from_secs(60),
                 room_capacity: 1,
                 broadcast_capacity: 16,

@@ -112,6 +112,11 @@ impl Hub {
         self.local().subscriber_count()
     }
 
+    /// Bytes of history this instance holds (with `--redis`, its local ring).
+    pub fn history_bytes(&self) -> usize {
+        self.local().history_bytes()
+    }
+
     /// Whether publishes and new streams can be served right now, and if not, why.
     pub fn readiness(&self) -> Readiness {
         match self {
@@ -211,6 +216,11 @@ pub struct HubCounters {
     pub replayed: AtomicU64,
     /// `gap` events: a subscriber was told events it wanted are no longer kept.
     pub gaps: AtomicU64,
+    /// Streams open now, over all channels (kept beside the per-channel counts, so reading it
+    /// costs the same with a million channels as with none).
+    pub subscribers: AtomicU64,
+    /// Bytes of history held now over all channels, as the budgets count them.
+    pub history_bytes: AtomicU64,
 }
 
 impl HubCounters {
@@ -220,5 +230,13 @@ impl HubCounters {
 
     pub fn gaps(&self) -> u64 {
         self.gaps.load(Ordering::Relaxed)
+    }
+
+    pub fn subscribers(&self) -> u64 {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    pub fn history_bytes(&self) -> u64 {
+        self.history_bytes.load(Ordering::Relaxed)
     }
 }

@@ -579,7 +579,9 @@ impl Link {
                 Some(event) => {
                     local.deliver(&channel, event);
                 }
-                None => tracing::debug!("ignored a message that is not flask-sse's format"),
+                None => tracing::debug!(
+                    "ignored a message that is not flask-sse's format or has a reserved type"
+                ),
             }
         }
     }
@@ -714,7 +716,10 @@ fn native_event(payload: &[u8]) -> Option<Event> {
 
 /// A message in flask-sse's format: `{"data": ..., "type": ..., "id": ..., "retry": ...}`. Only
 /// a numeric id is kept as an event id (replayable); anything else is delivered live, without
-/// one, so a client's `Last-Event-ID` is always an id this relay understands.
+/// one, so a client's `Last-Event-ID` is always an id this relay understands. A type that is
+/// not a valid publishable [`crate::names::EventType`] drops the message, and that includes the
+/// relay's own types (`welcome`, `presence`, `gap`): a Flask app's `sse.publish(..., type="gap")`
+/// must not pose as the relay any more than a POST may.
 fn flask_event(payload: &[u8]) -> Option<Event> {
     let message: serde_json::Value = serde_json::from_slice(payload).ok()?;
     let message = message.as_object()?;
@@ -842,6 +847,10 @@ mod tests {
         assert_eq!(&event.frame[..], b"data: a\ndata: b\nretry: 5\n\n");
         // A type that could break the framing is refused, as are non-messages.
         assert!(flask_event(br#"{"data": 1, "type": "a\nb"}"#).is_none());
+        for reserved in crate::names::SERVER_EVENT_TYPES {
+            let message = format!(r#"{{"data": {{"resumeFrom": "1"}}, "type": "{reserved}"}}"#);
+            assert!(flask_event(message.as_bytes()).is_none(), "{reserved}");
+        }
         assert!(flask_event(b"not json").is_none());
         assert!(flask_event(br#"{"type": "x"}"#).is_none());
     }

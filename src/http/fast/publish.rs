@@ -71,14 +71,26 @@ pub async fn serve(
             Err(refusal) => {
                 app.metrics.refused(refusal.reason());
                 app.metrics.observe(route, started.elapsed());
-                // A body already here is skipped and the connection kept; one still on its
-                // way is not waited for: answer and close, as hyper does.
-                if buf.len() < total || head.close {
+                // Answered at once, from the head; the body (still on its way, perhaps) is
+                // then read and dropped so the connection can go on, as hyper does.
+                if head.close {
                     answer_and_close(stream, &encode_refusal(refusal, false)).await;
                     return Handoff::Done;
                 }
+                let answer = encode_refusal(refusal, true);
+                if !write_answer(&mut stream, &answer, app.config.stall_timeout).await {
+                    return Handoff::Done;
+                }
+                timer
+                    .as_mut()
+                    .reset(Instant::now() + app.config.body_timeout);
+                while buf.len() < total {
+                    if !read_more(&mut stream, &mut buf, timer.as_mut()).await {
+                        return Handoff::Done;
+                    }
+                }
                 let _ = buf.split_to(total);
-                encode_refusal(refusal, true)
+                continue;
             }
             Ok(admitted) => {
                 if buf.len() < total {

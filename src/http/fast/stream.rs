@@ -27,6 +27,10 @@ use crate::sse;
 
 /// Frames gathered into one write.
 const MAX_BATCH: usize = 32;
+/// Bytes gathered into one write: a batch stops growing past this (one frame may pass it).
+/// A stream whose client stopped reading holds its batch until `--stall-timeout`, so this is
+/// what one stalled stream can pin beyond the history budget, whatever the frame size.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// Send buffer of a stream's socket (the kernel doubles it for its bookkeeping): room for a
 /// few of the largest frames, and a bound on what a reader that stops can pin in the kernel.
 pub const STREAM_SNDBUF: usize = 128 * 1024;
@@ -146,10 +150,14 @@ async fn forward(accepted: Accepted, app: &App) {
         tokio::select! {
             frame = subscription.recv() => {
                 let Some(frame) = frame else { break };
+                let mut gathered = frame.len();
                 batch.push(frame);
-                while batch.len() < MAX_BATCH {
+                while batch.len() < MAX_BATCH && gathered < MAX_BATCH_BYTES {
                     match subscription.try_recv() {
-                        Some(frame) => batch.push(frame),
+                        Some(frame) => {
+                            gathered += frame.len();
+                            batch.push(frame);
+                        }
                         None => break,
                     }
                 }
