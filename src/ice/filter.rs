@@ -227,6 +227,11 @@ impl Filter {
         if !is_message(packet) {
             return self.drop_it();
         }
+        // The class bits of the type (RFC 8489 §5) are both zero for a request: its token is
+        // taken before any parsing, so a flood costs little more than the read.
+        if packet[0] & 0x01 == 0 && packet[1] & 0x10 == 0 && !self.take_token(src) {
+            return Verdict::Drop;
+        }
         let mut m = Message::new();
         m.raw = packet.to_vec();
         if m.decode().is_err() {
@@ -244,13 +249,6 @@ impl Filter {
         }
         if m.typ.class != CLASS_REQUEST {
             return self.drop_it();
-        }
-        if self.per_ip.check(src.ip()).is_err() || self.global.check(INTERNAL.ip()).is_err() {
-            self.shared
-                .stats
-                .rate_limited
-                .fetch_add(1, Ordering::Relaxed);
-            return Verdict::Drop;
         }
         let method = m.typ.method;
         if method == METHOD_BINDING {
@@ -384,6 +382,18 @@ impl Filter {
             .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(client = %src, ?peers, %why, "TURN peer refused");
         Some(why)
+    }
+
+    /// One request's worth of the sender's and the global bucket.
+    fn take_token(&self, src: SocketAddr) -> bool {
+        if self.per_ip.check(src.ip()).is_err() || self.global.check(INTERNAL.ip()).is_err() {
+            self.shared
+                .stats
+                .rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     fn only_with_allocation(&self, src: SocketAddr) -> Verdict {

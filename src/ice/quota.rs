@@ -57,7 +57,7 @@ pub fn fd_budget(requested: usize, nofile: Option<u64>, max_connections: usize) 
 }
 
 /// The process's open-file soft limit now (`None`: unlimited or unknown).
-pub fn open_file_limit() -> Option<u64> {
+pub fn open_file_limit() -> Option<libc::rlim_t> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -68,7 +68,7 @@ pub fn open_file_limit() -> Option<u64> {
     {
         return None;
     }
-    Some(limit.rlim_cur as u64)
+    Some(limit.rlim_cur)
 }
 
 /// One allocation, keyed by the client's address (the 5-tuple, on our one UDP socket).
@@ -197,11 +197,11 @@ impl Quota {
     }
 }
 
-fn decrement<K: std::hash::Hash + Eq + ?Sized, Q: std::hash::Hash + Eq>(
-    map: &mut HashMap<Q, usize>,
-    key: &K,
-) where
-    Q: std::borrow::Borrow<K>,
+/// Counts one fewer for `key`, removing it at zero.
+fn decrement<K, Q>(map: &mut HashMap<Q, usize>, key: &K)
+where
+    K: std::hash::Hash + Eq + ?Sized,
+    Q: std::hash::Hash + Eq + std::borrow::Borrow<K>,
 {
     if let Some(n) = map.get_mut(key) {
         *n -= 1;
