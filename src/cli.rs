@@ -182,6 +182,60 @@ pub struct Cli {
     )]
     pub turn_secret: Option<String>,
 
+    /// TURN allocations held at once, in total (486 Allocation Quota Reached past it). Each one
+    /// holds a UDP socket, so at start this is lowered to what the open-file limit leaves after
+    /// --max-connections and a reserve of 256 (the cap in force is logged).
+    #[arg(
+        long = "turn-max-allocations",
+        value_name = "N",
+        env = "SIGRELAY_TURN_MAX_ALLOCATIONS",
+        default_value_t = 1_000
+    )]
+    pub turn_max_allocations: usize,
+
+    /// TURN allocations from one client address (486 past it). A browser in a call of six
+    /// makes about ten.
+    #[arg(
+        long = "turn-max-allocations-per-ip",
+        value_name = "N",
+        env = "SIGRELAY_TURN_MAX_ALLOCATIONS_PER_IP",
+        default_value_t = 32
+    )]
+    pub turn_max_allocations_per_ip: usize,
+
+    /// TURN allocations with one credential (one `GET /config` answer; 486 past it).
+    #[arg(
+        long = "turn-max-allocations-per-user",
+        value_name = "N",
+        env = "SIGRELAY_TURN_MAX_ALLOCATIONS_PER_USER",
+        default_value_t = 32
+    )]
+    pub turn_max_allocations_per_user: usize,
+
+    /// Also refuse to relay to private addresses (10/8, 172.16/12, 192.168/16, 100.64/10,
+    /// fc00::/7), for a server on the internet. Loopback, this machine's own addresses,
+    /// link-local, multicast and broadcast are always refused (403 Forbidden IP).
+    #[arg(long = "turn-deny-private", env = "SIGRELAY_TURN_DENY_PRIVATE")]
+    pub turn_deny_private: bool,
+
+    /// Allow TURN to relay to loopback addresses other than this server's own ports. For tests
+    /// and one-machine demos only: on a shared machine it exposes local services.
+    #[arg(
+        long = "turn-allow-loopback-peers",
+        env = "SIGRELAY_TURN_ALLOW_LOOPBACK_PEERS"
+    )]
+    pub turn_allow_loopback_peers: bool,
+
+    /// STUN/TURN requests allowed per client address per second, bursts of four times that;
+    /// more are dropped unanswered. Relayed media is not counted.
+    #[arg(
+        long = "stun-rate",
+        value_name = "PER_SEC",
+        env = "SIGRELAY_STUN_RATE",
+        default_value_t = 50.0
+    )]
+    pub stun_rate: f64,
+
     /// Open connections allowed in total; more are refused with 503 and closed.
     #[arg(
         long = "max-connections",

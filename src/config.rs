@@ -179,6 +179,14 @@ impl TryFrom<Cli> for Config {
                 "--post-rate must be above 0 and --post-burst at least 1".into(),
             ));
         }
+        if cli.turn_max_allocations_per_ip == 0 || cli.turn_max_allocations_per_user == 0 {
+            return Err(ConfigError(
+                "--turn-max-allocations-per-ip and -per-user must be at least 1".into(),
+            ));
+        }
+        if !(cli.stun_rate.is_finite() && cli.stun_rate >= 1.0) {
+            return Err(ConfigError("--stun-rate must be at least 1".into()));
+        }
         let peer_secret = match cli.peer_secret {
             Some(secret) if secret.is_empty() => {
                 return Err(ConfigError("--peer-secret must not be empty".into()))
@@ -237,6 +245,12 @@ impl TryFrom<Cli> for Config {
                     None => crate::ice::random_secret(),
                 },
                 external: cli.ice_server,
+                max_allocations: cli.turn_max_allocations,
+                max_allocations_per_ip: cli.turn_max_allocations_per_ip,
+                max_allocations_per_user: cli.turn_max_allocations_per_user,
+                deny_private: cli.turn_deny_private,
+                allow_loopback_peers: cli.turn_allow_loopback_peers,
+                request_rate: cli.stun_rate,
             },
             log: cli.log,
             ..defaults

@@ -10,7 +10,8 @@
 //! - [`server`]: accept loops, TLS handshakes, hyper connections, graceful drain; [`tls`]: the
 //!   certificate (given, or generated once and reused) and rustls settings.
 //! - [`http`]: the route table and the endpoints; [`error`]: errors → status + JSON, in one place.
-//! - [`ice`]: built-in STUN/TURN and the TURN credentials pages get from `/config`.
+//! - [`ice`]: built-in STUN/TURN (a packet filter in front of the `turn` crate: quotas,
+//!   forbidden peers, bounded unauthenticated traffic) and the TURN credentials of `/config`.
 //! - [`limits`]: connections per client and in total, publishes per client per second.
 //! - [`metrics`]: the Prometheus registry behind `GET /metrics`.
 //! - [`peers`]: server-issued peer ids and the tokens publishes present (`--strict-peers`).
@@ -68,14 +69,25 @@ pub async fn run(
     let listeners = listeners.into();
     let config = Arc::new(config);
     let hub = hub::Hub::start(config.hub.clone(), config.redis.as_ref(), shutdown.clone()).await?;
+    // Relays must never reach our own HTTP ports, even on a loopback peer.
+    let http_ports: Vec<u16> = listeners
+        .http
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.port())
+        .collect();
     let ice = match listeners.udp {
-        Some(socket) => match ice::IceServer::start(socket, &config.ice).await {
-            Ok(server) => Some(server),
-            Err(e) => {
-                tracing::error!(error = %e, "STUN/TURN could not start; continuing without it");
-                None
+        Some(socket) => {
+            match ice::IceServer::start(socket, &config.ice, config.max_connections, &http_ports)
+                .await
+            {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    tracing::error!(error = %e, "STUN/TURN could not start; continuing without it");
+                    None
+                }
             }
-        },
+        }
         None => None,
     };
     tokio::spawn(trim::run(hub.clone(), shutdown.clone()));

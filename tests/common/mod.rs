@@ -24,14 +24,39 @@ pub struct Binary {
 impl Binary {
     /// Starts the binary and reads the address it printed (pass `--bind 127.0.0.1:0`).
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_nofile(args, None)
+    }
+
+    /// Like [`Binary::start`], with the open-file limit (soft and hard) set to `nofile` first.
+    pub fn start_with_nofile(args: &[&str], nofile: Option<u64>) -> Self {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sigrelay"))
+        use std::os::unix::process::CommandExt;
+        // SIGRELAY_TEST_BIN runs a test against another build (before/after figures).
+        let bin = std::env::var_os("SIGRELAY_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_sigrelay").into());
+        let mut command = std::process::Command::new(bin);
+        command
             .args(args)
             .env_remove("SIGRELAY_BIND")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(std::process::Stdio::null());
+        if let Some(nofile) = nofile {
+            let limit = libc::rlimit {
+                rlim_cur: nofile as libc::rlim_t,
+                rlim_max: nofile as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe and only reads `limit`, copied in.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = std::io::BufReader::new(stdout).lines();
         let deadline = std::time::Instant::now() + WAIT;
@@ -43,6 +68,13 @@ impl Binary {
             }
         };
         Binary { child, addr }
+    }
+
+    /// The server's open file descriptors now (entries of /proc/PID/fd).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("the server is running")
+            .count()
     }
 
     /// The server's resident memory now, KiB (VmRSS in /proc/PID/status).
