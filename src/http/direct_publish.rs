@@ -28,7 +28,7 @@ use http::{header, HeaderValue};
 // connection.
 use super::direct::{answer_and_close, encode_response, MAX_HEAD, MAX_HEADERS, WRITE_TIMEOUT};
 use super::publish::{PEER_HEADER, TOKEN_HEADER};
-use super::{pages, App, Client, PublishedAnswer};
+use super::{forwarded, pages, App, Client, PublishedAnswer};
 use crate::error::ApiError;
 use crate::sse;
 
@@ -202,9 +202,10 @@ fn parse(buf: &[u8], max_body: usize) -> Parsed {
 }
 
 /// The request the publish checks look at: method, target, and only the header fields they
-/// read (`Host`, `Origin`, the peer pair). A browser sends a dozen more; copying them into a
-/// header map was the largest single cost of a direct publish. `None` if a kept value is not
-/// a valid header value.
+/// read (`Host`, `Origin`, the peer pair, and the forwarding headers `forwarded::view` reads
+/// when a trusted proxy sent them). A browser sends a dozen more; copying them into a header
+/// map was the largest single cost of a direct publish. `None` if a kept value is not a valid
+/// header value.
 fn publish_request(head: &httparse::Request) -> Option<http::Request<()>> {
     let mut request = http::Request::new(());
     *request.method_mut() = http::Method::POST;
@@ -219,6 +220,11 @@ fn publish_request(head: &httparse::Request) -> Option<http::Request<()>> {
             PEER_HEADER
         } else if field.name.eq_ignore_ascii_case(TOKEN_HEADER.as_str()) {
             TOKEN_HEADER
+        } else if let Some(name) = forwarded::HEADERS
+            .iter()
+            .find(|name| field.name.eq_ignore_ascii_case(name.as_str()))
+        {
+            name.clone()
         } else {
             continue;
         };

@@ -1,6 +1,8 @@
 //! The route table: one `match` on (method, path) that hands each request to its endpoint
 //! module and turns every [`ApiError`] into a response in one place.
 //!
+//! - `forwarded.rs` the real client and the page's origin behind a `--trusted-proxy`, decided
+//!   once for every path below
 //! - `origin.rs`  who may use the relay endpoints from a browser (403 / CORS)
 //! - `stream.rs`  `GET /stream?channel=NAME` (Server-Sent Events)
 //! - `direct.rs`  the same, served on the socket outside hyper for plain-http connections whose
@@ -13,6 +15,7 @@
 
 pub mod direct;
 pub mod direct_publish;
+pub mod forwarded;
 mod origin;
 mod pages;
 mod publish;
@@ -87,10 +90,11 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(hub: Arc<Hub>, config: Arc<Config>) -> Self {
+    /// `peer_secret` signs peer tokens: `--peer-secret`, or the one `run` agreed on.
+    pub fn new(hub: Arc<Hub>, config: Arc<Config>, peer_secret: &str) -> Self {
         let post_limiter = Arc::new(RateLimiter::new(config.post_rate, config.post_burst));
         let metrics = Arc::new(Metrics::new(hub.counters_handle()));
-        let peers = Arc::new(PeerTokens::new(&config.peer_secret));
+        let peers = Arc::new(PeerTokens::new(peer_secret));
         App {
             hub,
             config,
@@ -98,6 +102,16 @@ impl App {
             metrics,
             peers,
         }
+    }
+
+    /// The real client and the page's origin ([`forwarded::view`]): every path asks here.
+    fn view<'a, B>(&'a self, req: &'a Request<B>, client: Client) -> forwarded::View<'a> {
+        forwarded::view(
+            req,
+            client,
+            &self.config.trusted_proxies,
+            self.config.public_url.as_ref(),
+        )
     }
 
     /// `GET /healthz`: liveness and readiness plus counts (never names: room names are not
@@ -146,7 +160,7 @@ impl App {
         client: Client,
     ) -> Result<(http::HeaderMap, stream::OpenStream), ApiError> {
         require_host(req)?;
-        let verdict = origin::check(req, client.transport, &self.config.cors_origins)?;
+        let verdict = origin::check(req, &self.view(req, client), &self.config.cors_origins)?;
         let open = stream::open(self, req).await?;
         let mut headers = http::HeaderMap::new();
         stream::stream_headers(&mut headers);
@@ -166,9 +180,10 @@ impl App {
         let started = std::time::Instant::now();
         let result = async {
             require_host(req)?;
-            let verdict = origin::check(req, client.transport, &self.config.cors_origins)?;
+            let seen = self.view(req, client);
+            let verdict = origin::check(req, &seen, &self.config.cors_origins)?;
             self.post_limiter
-                .check(client.addr.ip())
+                .check(seen.client)
                 .map_err(ApiError::TooManyRequests)?;
             let rest = req.uri().path().strip_prefix("/channel/send/");
             let target = PublishTarget::parse(rest.ok_or(ApiError::NotFound)?)?;
@@ -221,13 +236,12 @@ impl App {
         req: Request<Incoming>,
         client: Client,
     ) -> Result<Response<Body>, ApiError> {
-        let transport = client.transport;
         require_host(&req)?;
         let path = req.uri().path();
         let is_get = matches!(*req.method(), Method::GET | Method::HEAD);
 
         if path == "/stream" {
-            let verdict = origin::check(&req, transport, &self.config.cors_origins)?;
+            let verdict = origin::check(&req, &self.view(&req, client), &self.config.cors_origins)?;
             let mut response = match *req.method() {
                 Method::GET => stream::subscribe(self, &req).await?,
                 Method::OPTIONS => origin::preflight(&verdict, "GET, OPTIONS"),
@@ -237,11 +251,13 @@ impl App {
             return Ok(response);
         }
         if let Some(rest) = path.strip_prefix("/channel/send/") {
-            let verdict = origin::check(&req, transport, &self.config.cors_origins)?;
+            let seen = self.view(&req, client);
+            let verdict = origin::check(&req, &seen, &self.config.cors_origins)?;
+            let real_client = seen.client;
             let mut response = match *req.method() {
                 Method::POST => {
                     self.post_limiter
-                        .check(client.addr.ip())
+                        .check(real_client)
                         .map_err(ApiError::TooManyRequests)?;
                     let target = PublishTarget::parse(rest)?;
                     publish::publish(self, target, req).await?
@@ -254,7 +270,7 @@ impl App {
         }
         let page = match path {
             "/" => pages::file("index.html", &req),
-            "/config" => pages::client_config(&self.config.ice, &req),
+            "/config" => pages::client_config(&self.config.ice, &req, &self.view(&req, client)),
             "/healthz" => Ok(self.health()),
             "/metrics" => Ok(self.metrics_page()),
             "/qr.svg" => pages::qr_svg(&req),
