@@ -154,8 +154,7 @@ fn proxies_say<'a>(headers: &'a HeaderMap, peer: IpAddr, trusted: &[Cidr]) -> Pr
         host: None,
     };
     if headers.contains_key(&X_FORWARDED_FOR) {
-        let hops: Vec<&str> = values(&X_FORWARDED_FOR).collect();
-        for hop in hops.iter().rev().take(MAX_HOPS) {
+        for hop in values(&X_FORWARDED_FOR).rev().take(MAX_HOPS) {
             let Some(ip) = node_address(hop) else { break };
             said.client = ip;
             if !trusted.iter().any(|net| net.contains(ip)) {
@@ -163,19 +162,18 @@ fn proxies_say<'a>(headers: &'a HeaderMap, peer: IpAddr, trusted: &[Cidr]) -> Pr
             }
         }
         // Set (replaced) by the nearest proxy: its right-most value.
-        said.proto = values(&X_FORWARDED_PROTO).last().and_then(scheme);
-        said.host = values(&X_FORWARDED_HOST).last();
+        said.proto = values(&X_FORWARDED_PROTO).next_back().and_then(scheme);
+        said.host = values(&X_FORWARDED_HOST).next_back();
         return said;
     }
     // Forwarded: each element was written by the hop it reached; an element written by a
     // trusted hop describes the request that hop received (its for=, proto= and host=).
-    let elements: Vec<&str> = headers
+    let elements = headers
         .get_all(&FORWARDED)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    for element in elements.iter().rev().take(MAX_HOPS) {
+        .flat_map(|v| v.split(','));
+    for element in elements.rev().take(MAX_HOPS) {
         let mut next = None;
         for pair in element.split(';') {
             let Some((name, value)) = pair.split_once('=') else {
