@@ -169,7 +169,8 @@ pub struct Cli {
     pub max_connections: usize,
 
     /// Open connections allowed from one client address (429 past it). Raise it when many
-    /// people reach the server through one NAT.
+    /// people reach the server through one NAT; behind a proxy it counts the proxy (it is
+    /// decided before any header is read), so set it near --max-connections there.
     #[arg(
         long = "max-connections-per-ip",
         value_name = "N",
@@ -179,7 +180,8 @@ pub struct Cli {
     pub max_connections_per_ip: usize,
 
     /// Publishes allowed per client address per second on average (429 with Retry-After past
-    /// it; a call's signaling needs a few dozen in its first second).
+    /// it; a call's signaling needs a few dozen in its first second). Behind a
+    /// --trusted-proxy, per the client address the proxy names.
     #[arg(
         long = "post-rate",
         value_name = "PER_SEC",
