@@ -246,7 +246,8 @@ pub struct Cli {
     pub max_connections: usize,
 
     /// Open connections allowed from one client address (429 past it). Raise it when many
-    /// people reach the server through one NAT.
+    /// people reach the server through one NAT; behind a proxy it counts the proxy (it is
+    /// decided before any header is read), so set it near --max-connections there.
     #[arg(
         long = "max-connections-per-ip",
         value_name = "N",
@@ -256,7 +257,8 @@ pub struct Cli {
     pub max_connections_per_ip: usize,
 
     /// Publishes allowed per client address per second on average (429 with Retry-After past
-    /// it; a call's signaling needs a few dozen in its first second).
+    /// it; a call's signaling needs a few dozen in its first second). Behind a
+    /// --trusted-proxy, per the client address the proxy names.
     #[arg(
         long = "post-rate",
         value_name = "PER_SEC",
@@ -322,8 +324,10 @@ pub struct Cli {
     #[arg(long = "strict-peers", env = "SIGRELAY_STRICT_PEERS")]
     pub strict_peers: bool,
 
-    /// Secret that signs peer tokens. Instances that share subscribers (one Redis) must use
-    /// the same secret so each accepts the others' tokens. Default: random at each start.
+    /// Secret that signs peer tokens; every instance must accept the others' tokens. Default:
+    /// with --redis, one secret shared through Redis (the first instance stores a random one,
+    /// the others read it); alone, random at each start. Given, it is used as is (give it to
+    /// every instance sharing a Redis, or to none).
     #[arg(
         long = "peer-secret",
         value_name = "SECRET",
@@ -331,6 +335,26 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub peer_secret: Option<String>,
+
+    /// A proxy or load balancer (an address or CIDR, e.g. 127.0.0.1 or 10.0.0.0/8) whose
+    /// X-Forwarded-For / X-Forwarded-Proto / X-Forwarded-Host (or RFC 7239 Forwarded) headers
+    /// are believed: the client's address (for --post-rate) and the scheme and host its page
+    /// was served from (for the origin check and /config) then come from them. Repeat for
+    /// several. Headers from any other address are ignored. Off by default.
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "CIDR",
+        env = "SIGRELAY_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<String>,
+
+    /// The origin the pages are served from when that is not this server's own address, e.g.
+    /// https://chat.example.org behind a proxy that terminates TLS. Browser requests from it
+    /// pass the origin check, and /config names its host for STUN/TURN unless a trusted proxy
+    /// names one.
+    #[arg(long = "public-url", value_name = "URL", env = "SIGRELAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
 
     /// Serve HTTPS (HTTP/2 and HTTP/1.1) instead of plain HTTP, which browsers need before they
     /// allow the camera anywhere but localhost. Without --cert/--key a self-signed certificate

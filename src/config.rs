@@ -1,7 +1,7 @@
 //! The validated configuration. Built from the [`crate::cli::Cli`] (or directly by tests) and
 //! checked once, so the rest of the code can trust every value.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::cli::Cli;
@@ -35,8 +35,14 @@ pub struct Config {
     pub stall_timeout: Duration,
     /// Publishes without a valid peer token are refused (`--strict-peers`).
     pub strict_peers: bool,
-    /// Signs peer tokens (`--peer-secret`); random per process unless given.
-    pub peer_secret: String,
+    /// Signs peer tokens (`--peer-secret`). `None`: made at start by [`crate::run`], shared
+    /// through Redis with `--redis` (so every instance accepts every other's tokens), random
+    /// alone.
+    pub peer_secret: Option<String>,
+    /// `--trusted-proxy`: peers whose forwarding headers are believed (`http/forwarded.rs`).
+    pub trusted_proxies: Vec<Cidr>,
+    /// `--public-url`: the origin the pages are served from, if not our own address.
+    pub public_url: Option<PublicUrl>,
     /// Foreign origins allowed to use the relay from a browser (`*` for any).
     pub cors_origins: Vec<String>,
     /// Built-in STUN/TURN and the ICE servers handed to pages.
@@ -76,7 +82,9 @@ impl Default for Config {
             ice: IceSettings::default(),
             cors_origins: Vec::new(),
             strict_peers: false,
-            peer_secret: crate::ice::random_secret(),
+            peer_secret: None,
+            trusted_proxies: Vec::new(),
+            public_url: None,
             max_connections: 16_000,
             max_connections_per_ip: 2_000,
             post_rate: 50.0,
@@ -187,16 +195,25 @@ impl TryFrom<Cli> for Config {
         if !(cli.stun_rate.is_finite() && cli.stun_rate >= 1.0) {
             return Err(ConfigError("--stun-rate must be at least 1".into()));
         }
-        let peer_secret = match cli.peer_secret {
-            Some(secret) if secret.is_empty() => {
-                return Err(ConfigError("--peer-secret must not be empty".into()))
-            }
-            Some(secret) => secret,
-            None => defaults.peer_secret.clone(),
-        };
+        if cli.peer_secret.as_deref() == Some("") {
+            return Err(ConfigError("--peer-secret must not be empty".into()));
+        }
+        let trusted_proxies = cli
+            .trusted_proxy
+            .iter()
+            .map(|net| Cidr::parse(net).map_err(|e| ConfigError(format!("--trusted-proxy {e}"))))
+            .collect::<Result<_, _>>()?;
+        let public_url = cli
+            .public_url
+            .as_deref()
+            .map(PublicUrl::parse)
+            .transpose()
+            .map_err(ConfigError)?;
         Ok(Config {
             strict_peers: cli.strict_peers,
-            peer_secret,
+            peer_secret: cli.peer_secret,
+            trusted_proxies,
+            public_url,
             max_connections: cli.max_connections,
             max_connections_per_ip: cli.max_connections_per_ip,
             post_rate: cli.post_rate,
@@ -255,5 +272,140 @@ impl TryFrom<Cli> for Config {
             log: cli.log,
             ..defaults
         })
+    }
+}
+
+/// An address range, `ADDR/BITS` or a bare address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `::1/128`, `127.0.0.1` (one address).
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let bad = || format!("{text:?} is not an address or ADDR/BITS range");
+        let (addr, bits) = match text.split_once('/') {
+            Some((addr, bits)) => (addr, Some(bits.parse::<u8>().map_err(|_| bad())?)),
+            None => (text, None),
+        };
+        let net: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let net = net.to_canonical();
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = bits.unwrap_or(max);
+        if bits > max {
+            return Err(bad());
+        }
+        Ok(Cidr { net, bits })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // The top `bits` of a `width`-bit address, as a mask (shifting by the width is
+        // undefined, hence the zero case).
+        let mask = |width: u32| match u32::from(self.bits) {
+            0 => 0,
+            bits => u128::MAX << (width - bits) & (u128::MAX >> (128 - width)),
+        };
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                (u128::from(u32::from(net)) ^ u128::from(u32::from(ip))) & mask(32) == 0
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                (u128::from(net) ^ u128::from(ip)) & mask(128) == 0
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `--public-url`: the origin the pages are served from, `scheme://host[:port]`, kept in the
+/// form a browser's `Origin` header has (lower case, no default port, no path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    origin: String,
+    /// Where the host starts in `origin`.
+    host_at: usize,
+}
+
+impl PublicUrl {
+    pub fn parse(text: &str) -> Result<PublicUrl, String> {
+        let bad = || format!("--public-url {text:?} must be http(s)://host[:port], nothing after");
+        let lower = text.trim_end_matches('/').to_ascii_lowercase();
+        let (scheme, rest) = lower.split_once("://").ok_or_else(bad)?;
+        if !matches!(scheme, "http" | "https")
+            || rest.is_empty()
+            || rest.contains(['/', '?', '#', '@'])
+        {
+            return Err(bad());
+        }
+        let authority: http::uri::Authority = rest.parse().map_err(|_| bad())?;
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        let host = authority.host();
+        let origin = match authority.port_u16() {
+            Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
+            _ => format!("{scheme}://{host}"),
+        };
+        Ok(PublicUrl {
+            host_at: scheme.len() + 3,
+            origin,
+        })
+    }
+
+    /// `scheme://host[:port]`.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// `host[:port]`.
+    pub fn authority(&self) -> &str {
+        &self.origin[self.host_at..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_match_what_they_cover() {
+        let lo = Cidr::parse("127.0.0.0/8").unwrap();
+        assert!(lo.contains("127.9.9.9".parse().unwrap()));
+        assert!(
+            lo.contains("::ffff:127.0.0.1".parse().unwrap()),
+            "v4-mapped"
+        );
+        assert!(!lo.contains("128.0.0.1".parse().unwrap()));
+        assert!(!lo.contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        let one = Cidr::parse("10.1.2.3").unwrap();
+        assert!(one.contains("10.1.2.3".parse().unwrap()));
+        assert!(!one.contains("10.1.2.4".parse().unwrap()));
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "::/129", "host", "10.0.0.0/x", ""] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn public_urls_take_the_origin_form() {
+        let url = PublicUrl::parse("HTTPS://Chat.Example.org:443/").unwrap();
+        assert_eq!(url.origin(), "https://chat.example.org");
+        assert_eq!(url.authority(), "chat.example.org");
+        let url = PublicUrl::parse("http://[::1]:8080").unwrap();
+        assert_eq!(url.origin(), "http://[::1]:8080");
+        for bad in [
+            "example.org",
+            "ftp://x",
+            "https://x/path",
+            "https://",
+            "https://a@b",
+        ] {
+            assert!(PublicUrl::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -67,7 +67,6 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), hub::HubError> {
     let listeners = listeners.into();
-    let config = Arc::new(config);
     let hub = hub::Hub::start(config.hub.clone(), config.redis.as_ref(), shutdown.clone()).await?;
     // Relays must never reach our own HTTP ports, even on a loopback peer.
     let http_ports: Vec<u16> = listeners
@@ -76,6 +75,13 @@ pub async fn run(
         .filter_map(|l| l.local_addr().ok())
         .map(|a| a.port())
         .collect();
+    // Every instance on one Redis must accept the others' peer tokens: without --peer-secret,
+    // they agree on one through Redis.
+    let peer_secret = match &config.peer_secret {
+        Some(secret) => secret.clone(),
+        None => hub.agree_secret(ice::random_secret()).await?,
+    };
+    let config = Arc::new(config);
     let ice = match listeners.udp {
         Some(socket) => {
             match ice::IceServer::start(socket, &config.ice, config.max_connections, &http_ports)
@@ -91,7 +97,7 @@ pub async fn run(
         None => None,
     };
     tokio::spawn(trim::run(hub.clone(), shutdown.clone()));
-    let app = http::App::new(hub, config);
+    let app = http::App::new(hub, config, &peer_secret);
     server::serve(listeners.http, app, shutdown).await;
     if let Some(ice) = ice {
         ice.close().await;

@@ -175,6 +175,12 @@ fn banner(listeners: &[TcpListener], config: &Config) -> String {
     for url in &urls {
         out.push_str(&format!("  {url}\n"));
     }
+    if let Some(public) = &config.public_url {
+        out.push_str(&format!(
+            "Served to browsers as (--public-url):\n  {}/\n",
+            public.origin()
+        ));
+    }
     if let Some(tls) = &config.tls {
         out.push_str(&format!(
             "TLS certificate ({}), SHA-256 fingerprint:\n  {}\n",

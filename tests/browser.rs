@@ -15,6 +15,13 @@
 mod harness;
 #[path = "browser/webdriver.rs"]
 mod webdriver;
+// README's "Scaling out": redis-server, its instance commands and its nginx block.
+#[allow(dead_code)]
+#[path = "common/nginx.rs"]
+mod nginx;
+#[allow(dead_code)]
+#[path = "common/redis_server.rs"]
+mod redis_server;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -39,8 +46,8 @@ fn is_room_name(name: &str) -> bool {
 /// Opens the landing page and waits until its script has run (it fills the room field with a
 /// suggestion and the join link from it): a name typed before that would be overwritten by the
 /// page's own suggestion, and the person would land in a room of their own.
-fn open_landing(person: &Person, server: &Server) {
-    person.goto(&format!("{}/", server.url));
+fn open_landing(person: &Person, base: &str) {
+    person.goto(&format!("{base}/"));
     let deadline = Instant::now() + WAIT;
     let script_ran = || {
         let link = person.exec("return document.querySelector('#link').value;", vec![]);
@@ -59,8 +66,8 @@ fn open_landing(person: &Person, server: &Server) {
 /// The landing page as people use it: the creator takes the suggested name and presses
 /// "Create room", the joiner types that name and presses "Join room". Returns the room once
 /// both pages are connected and each shows the other's moving picture.
-fn start_call(server: &Server, creator: &Person, joiner: &Person) -> String {
-    open_landing(creator, server);
+fn start_call(base: &str, creator: &Person, joiner: &Person) -> String {
+    open_landing(creator, base);
     let room = creator.exec("return document.querySelector('#room').value;", vec![]);
     let room = room.as_str().expect("#room holds text").to_string();
     assert!(
@@ -72,19 +79,19 @@ fn start_call(server: &Server, creator: &Person, joiner: &Person) -> String {
         "suggested name {room:?} is not words and digits"
     );
     creator.click("#create");
-    let creator_url = format!("{}/r/{room}?as=creator", server.url);
+    let creator_url = format!("{base}/r/{room}?as=creator");
     creator.wait_for("the creator's page, subscribed and alone", WAIT, |s| {
         s["url"] == creator_url.as_str() && s["peers"] == 1 && s["state"] == "waiting"
     });
 
-    open_landing(joiner, server);
+    open_landing(joiner, base);
     joiner.exec(
         "const input = document.querySelector('#room'); input.value = arguments[0];
          input.dispatchEvent(new Event('input')); return true;",
         vec![json!(room)],
     );
     joiner.click("#join");
-    let joiner_url = format!("{}/r/{room}", server.url);
+    let joiner_url = format!("{base}/r/{room}");
     joiner.wait_for("the joiner's page", WAIT, |s| {
         s["url"] == joiner_url.as_str()
     });
@@ -167,7 +174,7 @@ fn create_and_join_then_both_see_moving_video() {
     let joiner = browsers.person("joiner");
 
     // An invalid name is refused on the landing page, with the rule in words.
-    open_landing(&creator, &server);
+    open_landing(&creator, &server.url);
     creator.exec(
         "document.querySelector('#room').value = 'not a room/name'; return true;",
         vec![],
@@ -191,7 +198,7 @@ fn create_and_join_then_both_see_moving_video() {
         "no clear message for an invalid name: {error}"
     );
 
-    start_call(&server, &creator, &joiner);
+    start_call(&server.url, &creator, &joiner);
     save_readme_screenshot(&joiner);
 
     // Mute and camera-off act on the local tracks.
@@ -258,14 +265,18 @@ fn either_side_reloads_and_the_call_comes_back() {
     let server = Server::start(&[]);
     let creator = browsers.person("creator");
     let joiner = browsers.person("joiner");
-    start_call(&server, &creator, &joiner);
+    start_call(&server.url, &creator, &joiner);
+    reload_both_sides(&creator, &joiner);
+}
 
+/// Each side reloads in turn, with and without a goodbye; the call comes back every time.
+fn reload_both_sides(creator: &Person, joiner: &Person) {
     // Each side reloads, first saying goodbye as a page does, then silently (as after a crash).
     let rounds = [
-        (&joiner, &creator, true),
-        (&creator, &joiner, true),
-        (&joiner, &creator, false),
-        (&creator, &joiner, false),
+        (joiner, creator, true),
+        (creator, joiner, true),
+        (joiner, creator, false),
+        (creator, joiner, false),
     ];
     for (reloading, other, goodbye) in rounds {
         if !goodbye {
@@ -292,7 +303,7 @@ fn either_side_reloads_and_the_call_comes_back() {
             reloading.name
         );
     }
-    for person in [&creator, &joiner] {
+    for person in [creator, joiner] {
         assert_no_console_errors(person);
     }
 }
@@ -305,7 +316,7 @@ fn a_third_person_is_told_the_room_is_full() {
     let server = Server::start(&[]);
     let creator = browsers.person("creator");
     let joiner = browsers.person("joiner");
-    let room = start_call(&server, &creator, &joiner);
+    let room = start_call(&server.url, &creator, &joiner);
     let before = [connections(&creator), connections(&joiner)];
 
     let third = browsers.person("third");
@@ -652,4 +663,101 @@ fn https_on_a_lan_name_calls_with_the_generated_certificate() {
     keep_screenshot(&joiner, "lan-https");
     drop(server);
     let _ = std::fs::remove_dir_all(&tls_dir);
+}
+
+/// `GET /metrics` from an instance: the sum of its `sigrelay_refusals_total` samples.
+fn refusals(base: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).expect("the instance listens");
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("the metrics");
+    text.lines()
+        .filter(|l| l.starts_with("sigrelay_refusals_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// README's "Scaling out" as written (its instance commands and nginx block), with two
+/// browsers going through nginx on a non-default port, plain http or with TLS ended at nginx:
+/// create + join, then reloads on both sides. Neither instance refuses anything.
+fn call_through_nginx(test: &str, tls: bool) {
+    let Some(browsers) = Browsers::get(test) else {
+        return;
+    };
+    let Some(redis) = redis_server::RedisServer::start() else {
+        return;
+    };
+    let instances: Vec<Server> = nginx::readme_instances(&redis.url())
+        .into_iter()
+        .map(|args| {
+            // The harness binds 127.0.0.1:0 itself.
+            let at = args.iter().position(|a| a == "--bind").expect("--bind");
+            let args: Vec<&str> = args
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != at && *i != at + 1)
+                .map(|(_, a)| a.as_str())
+                .collect();
+            Server::start(&args)
+        })
+        .collect();
+    let tls_dir = std::env::temp_dir().join(format!(
+        "sigrelay-browser-nginx-{}-{:x}",
+        std::process::id(),
+        unique()
+    ));
+    sigrelay::tls::load(&sigrelay::tls::CertSource::Generated {
+        dir: tls_dir.clone(),
+    })
+    .expect("a certificate for localhost");
+    let upstreams: Vec<std::net::SocketAddr> = instances
+        .iter()
+        .map(|i| i.url.trim_start_matches("http://").parse().unwrap())
+        .collect();
+    let Some(proxy) = nginx::Nginx::start(
+        &upstreams,
+        &tls_dir.join("cert.pem"),
+        &tls_dir.join("key.pem"),
+    ) else {
+        return;
+    };
+    let (base, args) = if tls {
+        let spki = spki_sha256_base64(&tls_dir.join("cert.pem"));
+        (
+            format!("https://localhost:{}", proxy.https.port()),
+            vec![format!("--ignore-certificate-errors-spki-list={spki}")],
+        )
+    } else {
+        (
+            format!("http://127.0.0.1:{}", proxy.http.port()),
+            Vec::new(),
+        )
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let creator = browsers.person_with("creator", &args);
+    let joiner = browsers.person_with("joiner", &args);
+    start_call(&base, &creator, &joiner);
+    reload_both_sides(&creator, &joiner);
+    for instance in &instances {
+        assert_eq!(
+            refusals(&instance.url),
+            0,
+            "an instance refused something behind nginx; its log:\n{}",
+            instance.log()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tls_dir);
+}
+
+#[test]
+fn a_call_through_nginx_on_a_non_default_port() {
+    call_through_nginx("nginx_plain", false);
+}
+
+#[test]
+fn a_call_through_nginx_terminating_tls() {
+    call_through_nginx("nginx_tls", true);
 }

@@ -120,12 +120,12 @@ async fn a_token_for_another_room_is_refused_even_when_not_strict() {
 async fn instances_sharing_a_secret_accept_each_others_tokens() {
     let secret = "shared-by-two-instances";
     let one = TestServer::with(|c| {
-        c.peer_secret = secret.into();
+        c.peer_secret = Some(secret.into());
         c.strict_peers = true;
     })
     .await;
     let two = TestServer::with(|c| {
-        c.peer_secret = secret.into();
+        c.peer_secret = Some(secret.into());
         c.strict_peers = true;
     })
     .await;

@@ -8,94 +8,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::redis_server::RedisServer;
 use common::{message_of, SseClient, TestServer, WAIT};
 use futures_util::StreamExt;
 use sigrelay::hub::{RedisFormat, RedisSettings};
-
-/// A redis-server of our own on 127.0.0.1, killed (by its PID) on drop.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    /// `None` (after saying so) when redis-server is not installed and not required.
-    fn start() -> Option<RedisServer> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            assert!(
-                std::env::var("SIGRELAY_REQUIRE_REDIS").as_deref() != Ok("1"),
-                "redis-server is required (SIGRELAY_REQUIRE_REDIS=1) but not installed"
-            );
-            eprintln!("skipped: no redis-server");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = RedisServer { port, child: None };
-        server.spawn();
-        Some(server)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server did not start");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn settings(&self, format: RedisFormat) -> RedisSettings {
-        RedisSettings {
-            url: self.url(),
-            format,
-            heartbeat: Duration::from_secs(5),
-        }
-    }
-
-    async fn client(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 async fn instance(redis: &RedisServer, format: RedisFormat) -> TestServer {
     let settings = redis.settings(format);
@@ -413,4 +332,51 @@ async fn a_dead_instance_stops_counting_once_its_heartbeat_expires() {
     assert!(gone < Duration::from_secs(3), "{gone:?}");
     let carol = SseClient::connect(a.addr, "/stream?channel=ghost&peer=carol", &[]).await;
     assert_eq!(carol.status, 200);
+}
+
+#[tokio::test]
+async fn instances_agree_on_the_peer_secret_unless_one_is_given() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = instance(&redis, RedisFormat::Native).await;
+    let b = instance(&redis, RedisFormat::Native).await;
+    let settings = redis.settings(RedisFormat::Native);
+    let own = TestServer::with(move |c| {
+        c.redis = Some(settings);
+        c.peer_secret = Some("given".into());
+    })
+    .await;
+    let mut page = a.subscribe("secret").await;
+    let (peer, token) = page.welcome().await;
+    let headers = [
+        ("x-sigrelay-peer", peer.as_str()),
+        ("x-sigrelay-token", &token),
+    ];
+    let post = |server: &TestServer| {
+        common::request(
+            server.addr,
+            "POST",
+            "/channel/send/secret/m",
+            &headers,
+            b"hi",
+        )
+    };
+    assert_eq!(post(&b).await.status, 200, "B accepts A's token");
+    assert_eq!(post(&a).await.status, 200);
+    assert_eq!(
+        post(&own).await.status,
+        403,
+        "--peer-secret overrides the shared one"
+    );
+    let mut conn = redis.client().await;
+    let stored: String = redis::cmd("GET")
+        .arg("sigrelay:peer-secret")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_ne!(
+        stored, "given",
+        "an instance with its own secret leaves Redis's alone"
+    );
 }

@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
@@ -28,16 +27,7 @@ async fn tls_stream(
     trusted: &CertificateDer<'static>,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(trusted.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tls_connector(trusted, alpn);
     let tcp = TcpStream::connect(addr).await.unwrap();
     let stream = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)

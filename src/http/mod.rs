@@ -1,6 +1,8 @@
 //! The route table: one `match` on (method, path) that hands each request to its endpoint
 //! module and turns every [`ApiError`] into a response in one place.
 //!
+//! - `forwarded.rs` the real client and the page's origin behind a `--trusted-proxy`, decided
+//!   once for every path below
 //! - `origin.rs`  who may use the relay endpoints from a browser (403 / CORS)
 //! - `stream.rs`  `GET /stream?channel=NAME` (Server-Sent Events)
 //! - `publish.rs` `POST /channel/send/NAME/TYPE`
@@ -13,6 +15,7 @@
 //! fast path both call: [`App::open_stream`] and [`App::admit_publish`].
 
 pub mod fast;
+pub mod forwarded;
 mod origin;
 mod pages;
 mod publish;
@@ -94,10 +97,11 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(hub: Arc<Hub>, config: Arc<Config>) -> Self {
+    /// `peer_secret` signs peer tokens: `--peer-secret`, or the one `run` agreed on.
+    pub fn new(hub: Arc<Hub>, config: Arc<Config>, peer_secret: &str) -> Self {
         let post_limiter = Arc::new(RateLimiter::new(config.post_rate, config.post_burst));
         let metrics = Arc::new(Metrics::new(hub.counters_handle()));
-        let peers = Arc::new(PeerTokens::new(&config.peer_secret));
+        let peers = Arc::new(PeerTokens::new(peer_secret));
         App {
             hub,
             config,
@@ -105,6 +109,16 @@ impl App {
             metrics,
             peers,
         }
+    }
+
+    /// The real client and the page's origin ([`forwarded::view`]): every path asks here.
+    fn view<'a, B>(&'a self, req: &'a Request<B>, client: Client) -> forwarded::View<'a> {
+        forwarded::view(
+            req,
+            client,
+            &self.config.trusted_proxies,
+            self.config.public_url.as_ref(),
+        )
     }
 
     /// `GET /healthz`: liveness and readiness plus counts (never names: room names are not
@@ -154,7 +168,7 @@ impl App {
         client: Client,
     ) -> Result<(http::HeaderMap, stream::OpenStream), ApiError> {
         require_host(req)?;
-        let verdict = origin::check(req, client.transport, &self.config.cors_origins)?;
+        let verdict = origin::check(req, &self.view(req, client), &self.config.cors_origins)?;
         let open = stream::open(self, req).await?;
         let mut headers = http::HeaderMap::new();
         stream::stream_headers(&mut headers);
@@ -164,16 +178,19 @@ impl App {
 
     /// The admission of `POST /channel/send/...`, for the route and `http::fast` alike, from
     /// the request head alone (before any body byte is read): Host, origin, the sender
-    /// address's publish rate, the target, the peer token.
+    /// client's publish rate (the real client behind a `--trusted-proxy`), the target, the
+    /// peer token.
     pub fn admit_publish<B>(
         &self,
         req: &Request<B>,
         client: Client,
     ) -> Result<PublishAdmission, ApiError> {
         require_host(req)?;
-        let verdict = origin::check(req, client.transport, &self.config.cors_origins)?;
+        // The real client and the page's origin, behind a trusted proxy too.
+        let seen = self.view(req, client);
+        let verdict = origin::check(req, &seen, &self.config.cors_origins)?;
         self.post_limiter
-            .check(client.addr.ip())
+            .check(seen.client)
             .map_err(ApiError::TooManyRequests)?;
         let rest = req.uri().path().strip_prefix("/channel/send/");
         let target = PublishTarget::parse(rest.ok_or(ApiError::NotFound)?)?;
@@ -232,7 +249,6 @@ impl App {
         req: Request<Incoming>,
         client: Client,
     ) -> Result<Response<Body>, ApiError> {
-        let transport = client.transport;
         require_host(&req)?;
         let path = req.uri().path();
         let is_get = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -241,11 +257,12 @@ impl App {
             return match *req.method() {
                 Method::GET => stream::subscribe(self, &req, client).await,
                 Method::OPTIONS => {
-                    let verdict = origin::check(&req, transport, &self.config.cors_origins)?;
+                    let verdict =
+                        origin::check(&req, &self.view(&req, client), &self.config.cors_origins)?;
                     Ok(origin::preflight(&verdict, "GET, OPTIONS"))
                 }
                 _ => {
-                    origin::check(&req, transport, &self.config.cors_origins)?;
+                    origin::check(&req, &self.view(&req, client), &self.config.cors_origins)?;
                     Err(ApiError::MethodNotAllowed("GET, OPTIONS"))
                 }
             };
@@ -257,18 +274,19 @@ impl App {
                     publish::publish(self, admitted, req).await
                 }
                 Method::OPTIONS => {
-                    let verdict = origin::check(&req, transport, &self.config.cors_origins)?;
+                    let verdict =
+                        origin::check(&req, &self.view(&req, client), &self.config.cors_origins)?;
                     Ok(origin::preflight(&verdict, "POST, OPTIONS"))
                 }
                 _ => {
-                    origin::check(&req, transport, &self.config.cors_origins)?;
+                    origin::check(&req, &self.view(&req, client), &self.config.cors_origins)?;
                     Err(ApiError::MethodNotAllowed("POST, OPTIONS"))
                 }
             };
         }
         let page = match path {
             "/" => pages::file("index.html", &req),
-            "/config" => pages::client_config(&self.config.ice, &req),
+            "/config" => pages::client_config(&self.config.ice, &req, &self.view(&req, client)),
             "/healthz" => Ok(self.health()),
             "/metrics" => Ok(self.metrics_page()),
             "/qr.svg" => pages::qr_svg(&req),

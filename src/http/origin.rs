@@ -9,7 +9,8 @@
 
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 
-use super::{full, request_authority, Body, Transport};
+use super::forwarded::View;
+use super::{full, Body};
 use crate::error::ApiError;
 
 /// What the policy decided for an allowed request.
@@ -20,19 +21,16 @@ pub enum Verdict {
     Cors(HeaderValue),
 }
 
-/// Checks the request's `Origin` against our own and the allowed list.
-pub fn check<B>(
-    req: &Request<B>,
-    transport: Transport,
-    allowed: &[String],
-) -> Result<Verdict, ApiError> {
+/// Checks the request's `Origin` against our own (as `seen` says: behind a trusted proxy, the
+/// origin the proxy served the page from) and the allowed list.
+pub fn check<B>(req: &Request<B>, seen: &View, allowed: &[String]) -> Result<Verdict, ApiError> {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return Ok(Verdict::SameOrigin);
     };
     let text = origin
         .to_str()
         .map_err(|_| ApiError::Forbidden("invalid Origin header".into()))?;
-    if is_own_origin(text, req, transport) {
+    if seen.is_own_origin(text) {
         return Ok(Verdict::SameOrigin);
     }
     if allowed
@@ -44,30 +42,6 @@ pub fn check<B>(
     Err(ApiError::Forbidden(format!(
         "origin {text} is not allowed (see --cors-origin)"
     )))
-}
-
-/// `Origin` equals `scheme://host[:port]` of the URL this request was sent to.
-fn is_own_origin<B>(origin: &str, req: &Request<B>, transport: Transport) -> bool {
-    let scheme = match transport {
-        Transport::Tls => "https",
-        Transport::Plain | Transport::PlainOnTlsPort => "http",
-    };
-    let Some(host) = request_authority(req) else {
-        return false;
-    };
-    let Some(rest) = origin
-        .strip_prefix(scheme)
-        .and_then(|r| r.strip_prefix("://"))
-    else {
-        return false;
-    };
-    let default_port = if scheme == "https" { ":443" } else { ":80" };
-    let strip = |h: &str| {
-        h.strip_suffix(default_port)
-            .unwrap_or(h)
-            .to_ascii_lowercase()
-    };
-    strip(rest) == strip(host)
 }
 
 impl Verdict {

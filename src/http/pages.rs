@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 
-use super::{full, request_authority, Body};
+use super::forwarded::View;
+use super::{full, Body};
 use crate::assets;
 use crate::error::ApiError;
 use crate::ice::IceSettings;
@@ -126,26 +127,22 @@ pub fn to_https<B>(req: &Request<B>) -> Result<Response<Body>, ApiError> {
     Ok(response)
 }
 
-/// `GET /config[?room=NAME]`: the `iceServers` for this page, with fresh TURN credentials.
-pub fn client_config<B>(ice: &IceSettings, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+/// `GET /config[?room=NAME]`: the `iceServers` for this page, with fresh TURN credentials, at
+/// the host the page was loaded from (`seen`: behind a trusted proxy, the proxy's word).
+pub fn client_config<B>(
+    ice: &IceSettings,
+    req: &Request<B>,
+    seen: &View,
+) -> Result<Response<Body>, ApiError> {
     let room = match query_value(req.uri().query().unwrap_or(""), "room")? {
         Some(room) => ChannelName::parse(&room)?,
         None => ChannelName::parse("sigrelay")?,
     };
-    let host = request_host(req);
+    let host = seen.page_host();
     let servers = crate::ice::ice_servers(ice, host.as_deref(), room.as_str());
     Ok(json(
         serde_json::json!({ "iceServers": servers })
             .to_string()
             .into(),
     ))
-}
-
-/// The host part (no port) the client used to reach us: the Host header, or the URI's
-/// authority under HTTP/2.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let authority: http::uri::Authority = request_authority(req)?.parse().ok()?;
-    let host = authority.host();
-    // A bare IPv6 host goes into a stun: URL in brackets, as Authority keeps it.
-    Some(host.to_owned()).filter(|h| !h.is_empty())
 }

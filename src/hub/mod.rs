@@ -90,6 +90,17 @@ impl Hub {
         }
     }
 
+    /// The secret this instance signs peer tokens with when none was given: `candidate` alone;
+    /// with Redis, the one every instance on that Redis uses (the first one's candidate, kept
+    /// there), so a POST that a load balancer sends to another instance than its stream's is
+    /// still accepted.
+    pub async fn agree_secret(&self, candidate: String) -> Result<String, HubError> {
+        match self {
+            Hub::Memory(_) => Ok(candidate),
+            Hub::Redis(hub) => hub.agree_secret(candidate).await,
+        }
+    }
+
     fn local(&self) -> &memory::Hub {
         match self {
             Hub::Memory(hub) => hub,

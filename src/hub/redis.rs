@@ -14,6 +14,10 @@
 //!   stopped refreshing are dropped by the next script that reads the room (a live instance's
 //!   heartbeat reads all of its rooms), so a dead instance's subscribers stop counting, and stop
 //!   holding places, within four heartbeats (20 s by default).
+//! - The peer-token secret, when `--peer-secret` is not given, is `sigrelay:peer-secret`: the
+//!   first instance stores a random one (`SET NX`), every other reads it, and each instance
+//!   stores it again (`NX`) at every heartbeat, so a Redis that restarted empty gets it back
+//!   before a new instance could make another.
 //! - Losing Redis: publishes and new streams answer 503 (nothing is accepted that would not be
 //!   delivered), open streams stay open, the listener reconnects with backoff, then catches up on
 //!   what was published meanwhile (from history) and re-registers its streams.
@@ -47,6 +51,14 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 /// The prefix of every key and pub/sub channel sigrelay uses.
 const PREFIX: &str = "sigrelay:";
 const CONTROL: &str = "sigrelay:ctl";
+/// Where the shared peer-token secret is kept (never expires).
+const SECRET_KEY: &str = "sigrelay:peer-secret";
+
+/// Store `ARGV[1]` unless a secret is there already; return the one that is.
+const SECRET_LUA: &str = r#"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"#;
 
 /// `--redis` and `--redis-format`.
 #[derive(Debug, Clone)]
@@ -213,6 +225,10 @@ struct Link {
     publish: Script,
     join: Script,
     sync: Script,
+    secret: Script,
+    /// The peer-token secret agreed through Redis, re-stored at every heartbeat; `None` when
+    /// `--peer-secret` was given (then Redis is not asked).
+    peer_secret: Mutex<Option<String>>,
     shutdown: CancellationToken,
 }
 
@@ -249,6 +265,8 @@ impl RedisHub {
             publish: Script::new(PUBLISH_LUA),
             join: Script::new(JOIN_LUA),
             sync: Script::new(SYNC_LUA),
+            secret: Script::new(SECRET_LUA),
+            peer_secret: Mutex::new(None),
             shutdown: shutdown.clone(),
         });
         let pubsub = link.subscribe().await.map_err(unreachable)?;
@@ -276,6 +294,22 @@ impl RedisHub {
 
     pub fn local(&self) -> &memory::Hub {
         &self.local
+    }
+
+    /// See [`super::Hub::agree_secret`]; fails (the process then exits) when Redis cannot say.
+    pub async fn agree_secret(&self, candidate: String) -> Result<String, HubError> {
+        let agreed =
+            self.link.store_secret(&candidate).await.map_err(|e| {
+                HubError::Unavailable(format!("cannot agree on a peer secret: {e}"))
+            })?;
+        let source = if agreed == candidate {
+            "stored a new one"
+        } else {
+            "read it"
+        };
+        tracing::info!("peer-token secret shared through Redis ({source})");
+        *lock(&self.link.peer_secret) = Some(agreed.clone());
+        Ok(agreed)
     }
 
     /// `Some(reason)` while requests are refused.
@@ -634,11 +668,37 @@ impl Link {
     /// Refreshes the liveness key, then syncs `names`.
     async fn heartbeat(&self, names: &[ChannelName], local: &memory::Hub) -> Result<(), String> {
         self.refresh_alive().await?;
+        let secret = lock(&self.peer_secret).clone();
+        if let Some(secret) = secret {
+            let kept = self.store_secret(&secret).await?;
+            if kept != secret {
+                // Another secret got there first (Redis emptied, and a new instance started
+                // before any heartbeat): tokens across the two groups are refused until one
+                // group restarts. Said loudly, since only an operator can settle it.
+                tracing::error!(
+                    "the peer-token secret in Redis differs from this instance's; restart \
+                     the instances (or give them all --peer-secret)"
+                );
+            }
+        }
         self.sync_all(names, local).await
     }
 
     fn room_ttl_ms(&self) -> u64 {
         (self.heartbeat * ROOM_HEARTBEATS).as_millis() as u64
+    }
+
+    /// Stores `candidate` as the shared peer-token secret unless one is stored; gives the one
+    /// that is.
+    async fn store_secret(&self, candidate: &str) -> Result<String, String> {
+        let mut conn = self.conn.clone();
+        within(
+            self.secret
+                .key(SECRET_KEY)
+                .arg(candidate)
+                .invoke_async::<String>(&mut conn),
+        )
+        .await
     }
 
     /// `sigrelay:alive:INSTANCE`, expiring after [`ALIVE_HEARTBEATS`] heartbeats.

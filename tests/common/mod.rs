@@ -2,6 +2,9 @@
 //! speak to it over real sockets.
 #![allow(dead_code)]
 
+pub mod nginx;
+pub mod redis_server;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -208,18 +211,20 @@ impl Response {
     }
 }
 
-async fn handshake(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
+/// Any connection a request can go over: plain TCP, TLS, a socket bound to a chosen source.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+async fn handshake(io: impl Io) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     sender
 }
 
 fn build(
-    addr: SocketAddr,
+    host: &str,
     method: &str,
     target: &str,
     headers: &[(&str, &str)],
@@ -228,7 +233,7 @@ fn build(
     let mut req = http::Request::builder()
         .method(method)
         .uri(target)
-        .header("host", addr.to_string());
+        .header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -243,10 +248,23 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    request_on(stream, &addr.to_string(), method, target, headers, body).await
+}
+
+/// One request on `io`, with `Host: host`, whole response read.
+pub async fn request_on(
+    io: impl Io,
+    host: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let fut = async {
-        let mut sender = handshake(addr).await;
+        let mut sender = handshake(io).await;
         let response = sender
-            .send_request(build(addr, method, target, headers, body))
+            .send_request(build(host, method, target, headers, body))
             .await
             .unwrap();
         let (parts, body) = response.into_parts();
@@ -299,10 +317,21 @@ pub struct SseClient {
 
 impl SseClient {
     pub async fn connect(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::connect_on(stream, &addr.to_string(), target, headers).await
+    }
+
+    /// A stream over `io`, with `Host: host`.
+    pub async fn connect_on(
+        io: impl Io,
+        host: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Self {
         let fut = async {
-            let mut sender = handshake(addr).await;
+            let mut sender = handshake(io).await;
             let response = sender
-                .send_request(build(addr, "GET", target, headers, b""))
+                .send_request(build(host, "GET", target, headers, b""))
                 .await
                 .unwrap();
             let (parts, body) = response.into_parts();
@@ -411,4 +440,21 @@ pub async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Str
         assert!(n > 0, "closed early after {text:?}");
         pending.extend_from_slice(&buf[..n]);
     }
+}
+
+/// A TLS client that trusts exactly `trusted` and offers `alpn`.
+pub fn tls_connector(
+    trusted: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[u8],
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }

@@ -6,6 +6,7 @@
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 
+use crate::http::forwarded;
 use crate::http::publish::{PEER_HEADER, TOKEN_HEADER};
 use crate::sse;
 
@@ -42,10 +43,19 @@ pub struct PublishHead {
     pub close: bool,
 }
 
-/// The header fields the publish checks read. A browser sends a dozen more; copying them into
-/// a header map was the largest single cost of a direct publish.
-pub static CHECKED_FIELDS: [HeaderName; 4] =
-    [header::HOST, header::ORIGIN, PEER_HEADER, TOKEN_HEADER];
+/// The header fields the publish checks read (the forwarding ones count only from a
+/// `--trusted-proxy`). A browser sends a dozen more; copying them into a header map was the
+/// largest single cost of a direct publish.
+pub static CHECKED_FIELDS: [HeaderName; 8] = [
+    header::HOST,
+    header::ORIGIN,
+    PEER_HEADER,
+    TOKEN_HEADER,
+    header::FORWARDED,
+    forwarded::X_FORWARDED_FOR,
+    forwarded::X_FORWARDED_PROTO,
+    forwarded::X_FORWARDED_HOST,
+];
 
 /// The framing fields of a head, when they have the plain shape.
 struct Framing {
