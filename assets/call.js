@@ -12,7 +12,10 @@
 // Identity: every stream starts with `event: welcome` carrying this page's peer id and a token
 // the server signed for it and this room; every POST sends both back (X-Sigrelay-Peer,
 // X-Sigrelay-Token), so the relay stamps our events `from` us and, under --strict-peers,
-// refuses posts from anyone who only guessed the room name.
+// refuses posts from anyone who only guessed the room name. The token is also this page's
+// proof that it holds its peer id: it is kept in sessionStorage (per tab, room and role, like
+// the id) and sent as `token=` on every reconnect and after a reload, because the relay gives
+// a held id only to the stream that proves it (anyone else who read our id gets 409).
 //
 // The page shows which path the call's media took (`document.body.dataset.path`: `direct` or
 // `relayed`, from the selected ICE candidate pair) and a QR code of its invite link. The test
@@ -49,6 +52,7 @@ const role = params.get('as') === 'creator' ? 'creator' : 'joiner';
 const forceRelay = params.get('relay') === '1';
 const room = roomFromPath();
 const peerId = stablePeerId();
+const tokenKey = `sigrelay.token.${room}.${role}`;
 const myIceType = role === 'creator' ? 'ice1' : 'ice2';
 
 // --- state -----------------------------------------------------------------------------------
@@ -186,7 +190,8 @@ function randomId() {
 }
 
 // One id per tab, room and role, kept across reloads: the relay lets a reconnecting peer id
-// replace its own older stream, so a reload never finds the room "full" of itself.
+// that presents its token replace its own older stream, so a reload never finds the room
+// "full" of itself.
 function stablePeerId() {
   const key = `sigrelay.peer.${room}.${role}`;
   try {
@@ -197,8 +202,25 @@ function stablePeerId() {
     }
     return id;
   } catch {
-    return randomId(); // storage disabled: reloads then wait for the old stream to close
+    return randomId(); // storage disabled: reloads then wait for the old place's grace
   }
+}
+
+/** The token from this tab's last `welcome` in this room, or null. */
+function storedToken() {
+  try {
+    return sessionStorage.getItem(tokenKey);
+  } catch {
+    return null;
+  }
+}
+
+/** The stream's URL, built for every (re)connect: with the latest token as proof of our id. */
+function streamUrl() {
+  let url = `/stream?channel=${encodeURIComponent(room)}&peer=${encodeURIComponent(peerId)}`;
+  const token = identity?.token ?? storedToken();
+  if (token) url += `&token=${encodeURIComponent(token)}`;
+  return url;
 }
 
 function start() {
@@ -250,10 +272,7 @@ function start() {
   // signaling steps wait for the camera on the inbox chain.
   enqueue(loadConfig);
   enqueue(() => mediaReady);
-  events = openEventStream(
-    `/stream?channel=${encodeURIComponent(room)}&peer=${encodeURIComponent(peerId)}`,
-    { onOpen, onEvent, onDrop, onRefused },
-  );
+  events = openEventStream(streamUrl, { onOpen, onEvent, onDrop, onRefused });
 }
 
 async function loadConfig() {
@@ -723,7 +742,7 @@ function onRefused(error) {
   closePc();
   ui.hangup.disabled = true;
   ui.retry.hidden = false;
-  if (error.status === 409) {
+  if (error.status === 409 && error.message === 'room is full') {
     setState('failed', 'This room is full');
     setNotice(
       'call',
@@ -758,6 +777,11 @@ function onEvent(event) {
     const info = serverData(event);
     if (info && typeof info.peer === 'string' && typeof info.token === 'string') {
       identity = { peer: info.peer, token: info.token };
+      try {
+        if (info.peer === peerId) sessionStorage.setItem(tokenKey, info.token);
+      } catch {
+        // Storage disabled: reconnects still use `identity`; a reload starts afresh.
+      }
       welcomed();
     }
     return;

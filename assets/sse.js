@@ -102,7 +102,9 @@ export class EventStreamParser {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Opens `url` as an event stream and keeps it open until `close()`.
+ * Opens `url` as an event stream and keeps it open until `close()`. `url` may be a function,
+ * called for every (re)connect, so a reconnect can carry what the page learned meanwhile (the
+ * call page's `token=` from its last `welcome`).
  * handlers: onEvent(event), onOpen(), onDrop(error) after a lost connection (a reconnect
  * follows), onRefused(StreamRefused) for a 4xx answer (no reconnect).
  */
@@ -116,7 +118,8 @@ export function openEventStream(url, handlers) {
     controller = new AbortController();
     const headers = { Accept: 'text/event-stream' };
     if (lastEventId) headers['Last-Event-ID'] = lastEventId;
-    const response = await fetch(url, { headers, cache: 'no-store', signal: controller.signal });
+    const target = typeof url === 'function' ? url() : url;
+    const response = await fetch(target, { headers, cache: 'no-store', signal: controller.signal });
     if (!response.ok) {
       let message = response.statusText || `HTTP ${response.status}`;
       try {

@@ -356,6 +356,18 @@ pub struct Cli {
     #[arg(long = "public-url", value_name = "URL", env = "SIGRELAY_PUBLIC_URL")]
     pub public_url: Option<String>,
 
+    /// Seconds a peer id's place in a room stays reserved for its holder after its stream
+    /// ended (a network blip, a reload): meanwhile only a stream presenting that holder's token
+    /// (token=, from its welcome) gets the id back; anyone else asking for it gets 409. A kept
+    /// place still counts toward --room-capacity. 0: the id is free as soon as the stream ends.
+    #[arg(
+        long = "peer-grace",
+        value_name = "SECS",
+        env = "SIGRELAY_PEER_GRACE",
+        default_value_t = 30.0
+    )]
+    pub peer_grace: f64,
+
     /// Serve HTTPS (HTTP/2 and HTTP/1.1) instead of plain HTTP, which browsers need before they
     /// allow the camera anywhere but localhost. Without --cert/--key a self-signed certificate
     /// for this machine's names and addresses is made once, kept in --tls-dir and reused, so

@@ -74,6 +74,7 @@ impl Default for Config {
                 broadcast_capacity: 16,
                 max_channels: 100_000,
                 max_subscribers: 1_000,
+                peer_grace: Duration::from_secs(30),
             },
             redis: None,
             max_body: 64 * 1024,
@@ -233,6 +234,7 @@ impl TryFrom<Cli> for Config {
                 room_capacity: cli.room_capacity,
                 max_channels: cli.max_channels,
                 max_subscribers: cli.max_subscribers,
+                peer_grace: seconds("peer-grace", cli.peer_grace, 0.0, 3600.0)?,
                 ..defaults.hub
             },
             redis: match cli.redis {

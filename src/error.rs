@@ -31,6 +31,8 @@ pub enum ApiError {
     BodyTimeout,
     /// A room already holds its capacity of peers.
     RoomFull(usize),
+    /// A stream asked for a peer id held under another claim without proving it is that claim.
+    PeerTaken(String),
     /// The channel holds `--max-subscribers` streams.
     ChannelFull(String),
     /// `--max-channels` channels exist; retry later.
@@ -57,6 +59,8 @@ impl From<HubError> for ApiError {
             HubError::TooManyChannels { .. } => ApiError::TooManyChannels(e.to_string()),
             HubError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             HubError::Reserved => ApiError::BadRequest(e.to_string()),
+            HubError::PeerTaken => ApiError::PeerTaken(e.to_string()),
+            HubError::NotCurrent => ApiError::PeerRefused(crate::hub::NOT_CURRENT),
         }
     }
 }
@@ -71,7 +75,9 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::Forbidden(_) | ApiError::PeerRefused(_) => StatusCode::FORBIDDEN,
-            ApiError::RoomFull(_) | ApiError::ChannelFull(_) => StatusCode::CONFLICT,
+            ApiError::RoomFull(_) | ApiError::ChannelFull(_) | ApiError::PeerTaken(_) => {
+                StatusCode::CONFLICT
+            }
             ApiError::Unavailable(_) | ApiError::TooManyChannels(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -88,6 +94,7 @@ impl ApiError {
             ApiError::BadRequest(why)
             | ApiError::Forbidden(why)
             | ApiError::ChannelFull(why)
+            | ApiError::PeerTaken(why)
             | ApiError::TooManyChannels(why)
             | ApiError::Unavailable(why) => why.clone(),
             ApiError::PeerRefused(why) => (*why).into(),
@@ -121,6 +128,7 @@ impl ApiError {
             ApiError::TooManyRequests(_) => "rate_limited",
             ApiError::BodyTimeout => "body_timeout",
             ApiError::RoomFull(_) => "room_full",
+            ApiError::PeerTaken(_) => "peer_taken",
             ApiError::ChannelFull(_) => "too_many_subscribers",
             ApiError::TooManyChannels(_) => "too_many_channels",
             ApiError::Unavailable(_) => "backend_unavailable",

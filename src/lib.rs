@@ -14,7 +14,8 @@
 //!   forbidden peers, bounded unauthenticated traffic) and the TURN credentials of `/config`.
 //! - [`limits`]: connections per client and in total, publishes per client per second.
 //! - [`metrics`]: the Prometheus registry behind `GET /metrics`.
-//! - [`peers`]: server-issued peer ids and the tokens publishes present (`--strict-peers`).
+//! - [`peers`]: peer claims and their tokens (a room's place in the hub keeps its claim; takeovers
+//!   and stamped publishes present the token), anonymous ids (`--strict-peers`, `--peer-grace`).
 //! - [`hub`]: channels, fan-out, history, presence; knows nothing of HTTP.
 //! - [`trim`]: hands freed memory back to the OS after many channels were removed.
 //! - [`sse`]: frame encoding; [`names`]: validated channel/type/peer names; [`assets`]: the

@@ -13,6 +13,11 @@ pub const MAX_CHANNEL_LEN: usize = 128;
 pub const MAX_TYPE_LEN: usize = 64;
 /// Longest peer id we accept.
 pub const MAX_PEER_LEN: usize = 64;
+/// The prefix of the ids the relay gives streams opened without `peer=` (`peers::random_peer`);
+/// a stream may not choose such an id, so nobody but that one stream ever holds it.
+pub const ANONYMOUS_PREFIX: &str = "anon-";
+/// Longest `token=` we accept (ours are 64 characters; the slack is for a future format).
+pub const MAX_TOKEN_LEN: usize = 128;
 
 /// The event types the relay itself sends (`sse.rs` builds their frames with these names). A
 /// client's page trusts them (a `gap` makes the call page renegotiate, `welcome` carries its
@@ -35,6 +40,9 @@ pub enum NameError {
     Malformed(&'static str),
     /// An event type only the relay itself may send ([`SERVER_EVENT_TYPES`]).
     ReservedType(&'static str),
+    /// A peer id a stream may not choose: the relay gives ids with this prefix to streams
+    /// opened without one.
+    ReservedPeer(&'static str),
 }
 
 impl fmt::Display for NameError {
@@ -53,6 +61,10 @@ impl fmt::Display for NameError {
                     "event type {name} is reserved for the relay's own events"
                 )
             }
+            NameError::ReservedPeer(prefix) => write!(
+                f,
+                "peer ids starting with {prefix} are given by the relay to streams without one"
+            ),
         }
     }
 }
@@ -124,6 +136,25 @@ impl PeerId {
             b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')
         })?;
         Ok(PeerId(raw.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A peer token presented on a stream (`token=`, from an earlier `welcome` of the same peer
+/// id): 1–128 characters of base64url. Only its shape is checked here; whether it proves
+/// anything is for `peers` and the hub to say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerToken(Box<str>);
+
+impl PeerToken {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        check(raw, "token", MAX_TOKEN_LEN, "A-Z a-z 0-9 _ -", |b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')
+        })?;
+        Ok(PeerToken(raw.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -248,7 +279,10 @@ pub const DEFAULT_CHANNEL: &str = "sse";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamQuery {
     pub channel: ChannelName,
+    /// `peer=`: never one starting with [`ANONYMOUS_PREFIX`].
     pub peer: Option<PeerId>,
+    /// `token=`: the proof that this stream is `peer` (only together with `peer=`).
+    pub token: Option<PeerToken>,
     /// `lastEventId=`, for a first connect that resumes; the header wins over it.
     pub last_event_id: Option<String>,
 }
@@ -257,15 +291,26 @@ impl StreamQuery {
     pub fn parse(query: &str) -> Result<Self, NameError> {
         let mut channel = None;
         let mut peer = None;
+        let mut token = None;
         let mut last_event_id = None;
         for pair in query_pairs(query) {
             let (key, value) = pair?;
             match key.as_str() {
                 "channel" => channel = Some(value),
                 "peer" => peer = Some(PeerId::parse(&value)?),
+                "token" => token = Some(PeerToken::parse(&value)?),
                 "lastEventId" => last_event_id = Some(value),
                 _ => {}
             }
+        }
+        if peer
+            .as_ref()
+            .is_some_and(|p| p.as_str().starts_with(ANONYMOUS_PREFIX))
+        {
+            return Err(NameError::ReservedPeer(ANONYMOUS_PREFIX));
+        }
+        if token.is_some() && peer.is_none() {
+            return Err(NameError::Malformed("peer= with token="));
         }
         // flask-sse falls back to the channel "sse" when none (or an empty one) is given.
         let channel = match channel.as_deref() {
@@ -275,6 +320,7 @@ impl StreamQuery {
         Ok(StreamQuery {
             channel,
             peer,
+            token,
             last_event_id,
         })
     }
@@ -329,6 +375,28 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn stream_query_tokens() {
+        let q = StreamQuery::parse("channel=r&peer=alice&token=AB_c-9").unwrap();
+        assert_eq!(q.peer.unwrap().as_str(), "alice");
+        assert_eq!(q.token.unwrap().as_str(), "AB_c-9");
+        assert!(StreamQuery::parse(&format!("peer=a&token={}", "t".repeat(128))).is_ok());
+        for bad in [
+            "channel=r&token=abc",
+            "peer=a&token=",
+            "peer=a&token=a.b",
+            "peer=a&token=a%2Bb",
+            "peer=a&token=a+b",
+        ] {
+            assert!(StreamQuery::parse(bad).is_err(), "{bad}");
+        }
+        assert!(StreamQuery::parse(&format!("peer=a&token={}", "t".repeat(129))).is_err());
+        assert_eq!(
+            StreamQuery::parse("channel=r&peer=anon-x"),
+            Err(NameError::ReservedPeer("anon-"))
+        );
     }
 
     #[test]

@@ -120,10 +120,39 @@ proptest! {
         prop_assert!(parsed.peer.is_none());
     }
 
+    /// A peer id and its token come back exactly, escaped or not; a token never comes without
+    /// a peer id, and a peer id never has the prefix of the relay's anonymous ids.
+    #[test]
+    fn stream_query_peers_and_tokens_round_trip(
+        peer in "[A-Za-z0-9_-]{1,64}",
+        token in "[A-Za-z0-9_-]{1,128}",
+        mask in proptest::collection::vec(any::<bool>(), 0..128),
+    ) {
+        let query = format!(
+            "channel=r&peer={}&token={}",
+            percent_encode_some(&peer, &mask),
+            percent_encode_some(&token, &mask)
+        );
+        match StreamQuery::parse(&query) {
+            Ok(parsed) => {
+                prop_assert!(!peer.starts_with("anon-"));
+                prop_assert_eq!(parsed.peer.as_ref().map(|p| p.as_str()), Some(peer.as_str()));
+                prop_assert_eq!(parsed.token.as_ref().map(|t| t.as_str()), Some(token.as_str()));
+            }
+            Err(_) => prop_assert!(peer.starts_with("anon-"), "{}", query),
+        }
+        let alone = format!("channel=r&token={token}");
+        prop_assert!(StreamQuery::parse(&alone).is_err());
+    }
+
     #[test]
     fn stream_queries_never_panic(query in any::<String>()) {
         if let Ok(parsed) = StreamQuery::parse(&query) {
             prop_assert!(ChannelName::parse(parsed.channel.as_str()).is_ok());
+            prop_assert!(parsed.token.is_none() || parsed.peer.is_some());
+            if let Some(peer) = &parsed.peer {
+                prop_assert!(!peer.as_str().starts_with("anon-"));
+            }
         }
     }
 

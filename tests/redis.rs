@@ -1,6 +1,7 @@
 //! Several instances sharing rooms through a real `redis-server` (started here on a free
 //! loopback port): cross-instance delivery, resume on another instance, presence and capacity
-//! over the cluster, Redis lost and back, flask-sse's message format, and start-up without Redis.
+//! over the cluster, peer ids that cannot be taken across instances without the holder's token,
+//! Redis lost and back, flask-sse's message format, and start-up without Redis.
 //!
 //! Without redis-server these tests say "skipped: no redis-server", unless
 //! SIGRELAY_REQUIRE_REDIS=1 (CI), which makes that a failure.
@@ -12,14 +13,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
-use common::{message_of, SseClient, TestServer, WAIT};
+use common::{message_of, post_as, request, SseClient, TestServer, WAIT};
 use futures_util::StreamExt;
 use sigrelay::hub::{RedisFormat, RedisSettings};
+
+/// How long a place is kept for its holder in these tests (`--peer-grace`).
+const GRACE: Duration = Duration::from_millis(800);
 
 async fn instance(redis: &RedisServer, format: RedisFormat) -> TestServer {
     let settings = redis.settings(format);
     TestServer::with(move |c| {
         c.redis = Some(settings);
+        // No --peer-secret: the instances agree on one through Redis.
+        c.hub.peer_grace = GRACE;
         c.keepalive = Duration::from_millis(500);
     })
     .await
@@ -146,6 +152,7 @@ async fn presence_and_room_capacity_count_every_instance() {
     let b = instance(&redis, RedisFormat::Native).await;
     let mut alice = SseClient::connect(a.addr, "/stream?channel=call&peer=alice", &[]).await;
     assert_eq!(alice.status, 200);
+    let (_, token) = alice.welcome().await;
     assert_eq!(presence(&mut alice).await, (1, 1));
     let mut bob = SseClient::connect(b.addr, "/stream?channel=call&peer=bob", &[]).await;
     assert_eq!(bob.status, 200);
@@ -157,8 +164,14 @@ async fn presence_and_room_capacity_count_every_instance() {
         let carol = SseClient::connect(server.addr, "/stream?channel=call&peer=carol", &[]).await;
         assert_eq!(carol.status, 409);
     }
-    // Alice reloading through the other instance takes her own place over; her old stream ends.
-    let mut alice_again = SseClient::connect(b.addr, "/stream?channel=call&peer=alice", &[]).await;
+    // Alice reloading through the other instance (with her token) takes her own place over;
+    // her old stream ends.
+    let mut alice_again = SseClient::connect(
+        b.addr,
+        &format!("/stream?channel=call&peer=alice&token={token}"),
+        &[],
+    )
+    .await;
     assert_eq!(alice_again.status, 200);
     let ended = tokio::time::timeout(WAIT, async { while alice.next().await.is_some() {} }).await;
     assert!(
@@ -167,9 +180,10 @@ async fn presence_and_room_capacity_count_every_instance() {
     );
     presence_reaches(&mut alice_again, (2, 2)).await;
 
-    // Bob leaves: everyone is told, and the place is free for Carol.
+    // Bob leaves: everyone is told, and once his place's grace is over it is free for Carol.
     drop(bob);
     presence_reaches(&mut alice_again, (1, 1)).await;
+    tokio::time::sleep(GRACE + Duration::from_millis(200)).await;
     let carol = SseClient::connect(a.addr, "/stream?channel=call&peer=carol", &[]).await;
     assert_eq!(carol.status, 200);
 }
@@ -300,7 +314,11 @@ async fn a_dead_instance_stops_counting_once_its_heartbeat_expires() {
         heartbeat: Duration::from_millis(200),
         ..redis.settings(RedisFormat::Native)
     };
-    let a = TestServer::with(move |c| c.redis = Some(settings)).await;
+    let a = TestServer::with(move |c| {
+        c.redis = Some(settings);
+        c.hub.peer_grace = GRACE;
+    })
+    .await;
     // The other instance is a real process, killed with SIGKILL: no goodbye to Redis.
     let url = redis.url();
     let mut doomed = common::Binary::start(&[
@@ -330,8 +348,122 @@ async fn a_dead_instance_stops_counting_once_its_heartbeat_expires() {
     eprintln!("a dead instance's streams stopped counting after {gone:?} (heartbeat 0.2 s)");
     // Liveness expires after 3 heartbeats; the next heartbeat of a live instance notices.
     assert!(gone < Duration::from_secs(3), "{gone:?}");
+    // Bob's place is kept for his page (it may come back through a live instance) for the
+    // grace, then it is Carol's.
+    let carol = SseClient::connect(a.addr, "/stream?channel=ghost&peer=carol", &[]).await;
+    assert_eq!(carol.status, 409, "bob's place is kept during the grace");
+    tokio::time::sleep(GRACE + Duration::from_millis(200)).await;
     let carol = SseClient::connect(a.addr, "/stream?channel=ghost&peer=carol", &[]).await;
     assert_eq!(carol.status, 200);
+}
+
+/// Issue 12's attack over a cluster: the place's claim lives in Redis, so every instance
+/// refuses a stranger who only knows the id, lets the holder back with its token, keeps the
+/// place for it during the grace, and refuses a token from an earlier claim.
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_ids_cannot_be_taken_through_another_instance() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = instance(&redis, RedisFormat::Native).await;
+    let b = instance(&redis, RedisFormat::Native).await;
+    let mut alice = SseClient::connect(a.addr, "/stream?channel=id&peer=alice", &[]).await;
+    let (_, token) = alice.welcome().await;
+    let mut bob = SseClient::connect(b.addr, "/stream?channel=id&peer=bob", &[]).await;
+    let (_, bob_token) = bob.welcome().await;
+
+    // A stranger on either instance, with no token or a wrong one: 409, alice stays up.
+    let forged = "A".repeat(64);
+    for server in [&a, &b] {
+        for target in [
+            "/stream?channel=id&peer=alice".to_owned(),
+            format!("/stream?channel=id&peer=alice&token={forged}"),
+            format!("/stream?channel=id&peer=alice&token={bob_token}"),
+        ] {
+            let refused = request(server.addr, "GET", &target, &[], b"").await;
+            assert_eq!(refused.status, 409, "{target}: {}", refused.text());
+            assert!(!refused.text().contains("welcome\n"), "{}", refused.text());
+        }
+    }
+    assert_eq!(post_as(&b, "id", "alice", &token, "mine").await.status, 200);
+    let event = alice.next_message().await.expect("alice's stream is up");
+    assert_eq!(message_of(&event), "mine");
+    assert!(event.data.contains("\"from\": \"alice\""), "{}", event.data);
+
+    // Alice reloads through the other instance with her token: her place, her token, and the
+    // old stream ends.
+    let mut again = SseClient::connect(
+        b.addr,
+        &format!("/stream?channel=id&peer=alice&token={token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.welcome().await.1, token);
+    let ended = tokio::time::timeout(WAIT, async { while alice.next().await.is_some() {} }).await;
+    assert!(ended.is_ok(), "the old stream on the other instance ended");
+
+    // Her connection drops: the place is kept for her on every instance.
+    drop(again);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for server in [&a, &b] {
+        let refused = request(
+            server.addr,
+            "GET",
+            "/stream?channel=id&peer=alice",
+            &[],
+            b"",
+        )
+        .await;
+        assert_eq!(refused.status, 409, "{}", refused.text());
+    }
+    assert_eq!(post_as(&a, "id", "alice", &token, "blip").await.status, 200);
+    let mut back = SseClient::connect(
+        a.addr,
+        &format!("/stream?channel=id&peer=alice&token={token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(back.status, 200);
+    assert_eq!(back.welcome().await.1, token);
+    drop(back);
+
+    // After the grace a newcomer gets the id with a new token; alice's is from an earlier
+    // claim and is refused everywhere, for posting and for taking the id back.
+    tokio::time::sleep(GRACE + Duration::from_millis(300)).await;
+    let mut newcomer = SseClient::connect(a.addr, "/stream?channel=id&peer=alice", &[]).await;
+    assert_eq!(newcomer.status, 200);
+    let (_, new_token) = newcomer.welcome().await;
+    assert_ne!(new_token, token);
+    for server in [&a, &b] {
+        assert_eq!(
+            post_as(server, "id", "alice", &token, "stale").await.status,
+            403
+        );
+        let target = format!("/stream?channel=id&peer=alice&token={token}");
+        assert_eq!(
+            request(server.addr, "GET", &target, &[], b"").await.status,
+            409
+        );
+    }
+    assert_eq!(
+        post_as(&b, "id", "alice", &new_token, "new").await.status,
+        200
+    );
+    let mut got = Vec::new();
+    while let Some(event) = bob.next_message_within(Duration::from_millis(500)).await {
+        got.push(message_of(&event));
+    }
+    assert_eq!(
+        got,
+        ["mine", "blip", "new"],
+        "nothing refused was broadcast"
+    );
+    assert_eq!(
+        message_of(&newcomer.next_message().await.unwrap()),
+        "new",
+        "the newcomer's stream was left alone"
+    );
 }
 
 #[tokio::test]

@@ -387,18 +387,24 @@ async fn presence_counts_joins_and_leaves() {
 #[tokio::test(flavor = "multi_thread")]
 async fn room_capacity_counts_distinct_peers() {
     let server = TestServer::start().await;
-    let a = SseClient::connect(server.addr, "/stream?channel=r&peer=alice", &[]).await;
+    let mut a = SseClient::connect(server.addr, "/stream?channel=r&peer=alice", &[]).await;
     let _b = SseClient::connect(server.addr, "/stream?channel=r&peer=bob", &[]).await;
     assert_eq!(a.status, 200);
+    let (_, token) = a.welcome().await;
     let third = request(server.addr, "GET", "/stream?channel=r&peer=eve", &[], b"").await;
     assert_eq!(third.status, 409);
     assert_eq!(third.json()["error"], "room is full");
     // A seed page (no peer id) still gets in.
     assert_eq!(server.subscribe("r").await.status, 200);
-    // alice reloading takes her own place over; her old stream ends.
-    let a2 = SseClient::connect(server.addr, "/stream?channel=r&peer=alice", &[]).await;
+    // alice reloading (with the token from her welcome) takes her own place over; her old
+    // stream ends.
+    let a2 = SseClient::connect(
+        server.addr,
+        &format!("/stream?channel=r&peer=alice&token={token}"),
+        &[],
+    )
+    .await;
     assert_eq!(a2.status, 200);
-    let mut a = a;
     let ended = tokio::time::timeout(WAIT, async { while a.next().await.is_some() {} }).await;
     assert!(ended.is_ok(), "the replaced stream ended");
     let bad = request(

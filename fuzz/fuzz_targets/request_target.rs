@@ -34,6 +34,14 @@ fuzz_target!(|data: &[u8]| {
         assert!(ChannelName::parse(query.channel.as_str()).is_ok());
         if let Some(peer) = &query.peer {
             assert!(safe_type(peer.as_str()), "{query:?}");
+            // The relay's anonymous ids cannot be asked for.
+            assert!(!peer.as_str().starts_with("anon-"), "{query:?}");
+        }
+        // A token is base64url within its limit, and only ever comes with a peer id.
+        if let Some(token) = &query.token {
+            assert!(query.peer.is_some(), "{query:?}");
+            assert!(token.as_str().len() <= 128, "{query:?}");
+            assert!(safe_type(token.as_str()), "{query:?}");
         }
     }
     let _ = EventType::parse(text);

@@ -65,7 +65,7 @@ pub struct PublishedAnswer {
 pub struct PublishAdmission {
     verdict: origin::Verdict,
     target: PublishTarget,
-    from: Option<crate::names::PeerId>,
+    from: Option<publish::Sender>,
 }
 
 /// Who is asking, and over what.

@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use super::{origin, pages, App, Body, PublishAdmission};
 use crate::error::ApiError;
 use crate::names::{ChannelName, PeerId, PublishTarget};
+use crate::peers::{is_anonymous, Claim};
 use crate::sse::{self, MessageTail};
 
 /// `POST /channel/send/...` through hyper, once admitted from its head: reads the body
@@ -57,7 +58,7 @@ pub async fn publish(
 pub async fn publish_body(
     app: &App,
     target: PublishTarget,
-    from: Option<PeerId>,
+    from: Option<Sender>,
     body: &[u8],
 ) -> Result<Bytes, ApiError> {
     let PublishTarget {
@@ -67,12 +68,21 @@ pub async fn publish_body(
     let body = std::str::from_utf8(body)
         .map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
 
-    let tail = MessageTail::from_peer(event_type.as_str(), body, from.as_ref().map(PeerId::as_str));
+    let tail = MessageTail::from_peer(
+        event_type.as_str(),
+        body,
+        from.as_ref().map(|s| s.peer.as_str()),
+    );
     let limit = sse::max_tail_len(app.config.max_body);
     if tail.as_bytes().len() > limit {
         return Err(ApiError::EscapedTooLarge(limit));
     }
-    let published = app.hub.publish(&channel, &tail).await?;
+    // A relay-given anonymous id has no place to check: only its stream ever had its token.
+    let current = from
+        .as_ref()
+        .filter(|s| !is_anonymous(&s.peer))
+        .map(|s| (&s.peer, s.claim));
+    let published = app.hub.publish(&channel, &tail, current).await?;
     app.metrics.published();
     let mut answer = Vec::with_capacity(64);
     answer.extend_from_slice(b"{\"id\": ");
@@ -87,15 +97,23 @@ pub async fn publish_body(
 pub const PEER_HEADER: HeaderName = HeaderName::from_static("x-sigrelay-peer");
 pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-sigrelay-token");
 
-/// The verified sender of a publish: the peer whose token (from its stream's `welcome` event)
-/// came in `X-Sigrelay-Peer` / `X-Sigrelay-Token`. Anonymous is allowed unless
-/// `--strict-peers`; a token that does not fit the channel is refused either way, so a client
-/// that believes it is identified never has its events go out unstamped.
+/// A publish's sender whose token's signature checked out: the peer id, and the claim the
+/// token was issued for (the hub checks that it is still the room's current one).
+pub struct Sender {
+    pub peer: PeerId,
+    pub claim: Claim,
+}
+
+/// The sender of a publish: the peer whose token (from its stream's `welcome` event) came in
+/// `X-Sigrelay-Peer` / `X-Sigrelay-Token`. Anonymous is allowed unless `--strict-peers`; a
+/// token that does not fit the channel is refused either way (and one whose claim is no
+/// longer current, by the hub), so a client that believes it is identified never has its
+/// events go out unstamped.
 pub fn sender(
     app: &App,
     channel: &ChannelName,
     headers: &HeaderMap,
-) -> Result<Option<PeerId>, ApiError> {
+) -> Result<Option<Sender>, ApiError> {
     let text = |name: &HeaderName| {
         headers
             .get(name)
@@ -112,12 +130,11 @@ pub fn sender(
         (None, None) => Ok(None),
         (Some(peer), Some(token)) => {
             let peer = PeerId::parse(peer)?;
-            if app.peers.verify(channel, &peer, token) {
-                Ok(Some(peer))
-            } else {
-                Err(ApiError::PeerRefused(
+            match app.peers.verify(channel, &peer, token) {
+                Some(claim) => Ok(Some(Sender { peer, claim })),
+                None => Err(ApiError::PeerRefused(
                     "the peer token is not valid for this channel",
-                ))
+                )),
             }
         }
         _ => Err(ApiError::BadRequest(

@@ -18,10 +18,10 @@ use std::sync::Arc;
 
 use super::{App, Body, Client};
 use crate::error::ApiError;
-use crate::hub::{StartAt, Subscription};
+use crate::hub::{PeerJoin, StartAt, Subscription};
 use crate::metrics::Metrics;
 use crate::names::StreamQuery;
-use crate::peers::random_peer;
+use crate::peers::{random_peer, Claim};
 use crate::sse;
 
 /// An accepted subscription and the first bytes of its stream (preamble and `welcome`),
@@ -36,6 +36,7 @@ pub async fn open<B>(app: &App, req: &Request<B>) -> Result<OpenStream, ApiError
     let StreamQuery {
         channel,
         peer,
+        token,
         mut last_event_id,
     } = StreamQuery::parse(req.uri().query().unwrap_or(""))?;
     // The header (set by EventSource on reconnect) wins over the first-connect parameter.
@@ -50,10 +51,24 @@ pub async fn open<B>(app: &App, req: &Request<B>) -> Result<OpenStream, ApiError
         None => StartAt::Live,
     };
 
+    // A token that does not verify (another secret, another room, garbled) proves nothing: the
+    // stream is then a newcomer, let in only if the id is free.
+    let join = peer.map(|peer| PeerJoin {
+        proof: token.and_then(|t| app.peers.verify(&channel, &peer, t.as_str())),
+        peer,
+    });
     // The stream's identity: the peer id the client chose (validated above), or a fresh one.
-    let identity = peer.clone().unwrap_or_else(random_peer);
-    let welcome = sse::welcome_frame(identity.as_str(), &app.peers.issue(&channel, &identity));
-    let subscription = app.hub.subscribe(&channel, start, peer).await?;
+    let identity = join
+        .as_ref()
+        .map_or_else(random_peer, |join| join.peer.clone());
+    let subscription = app.hub.subscribe(&channel, start, join).await?;
+    // The token of the claim this stream now holds: a new one for an id that was free, the
+    // one it proved for a takeover, never another claim's. An anonymous id is its own claim.
+    let claim = subscription.claim().unwrap_or_else(Claim::random);
+    let welcome = sse::welcome_frame(
+        identity.as_str(),
+        &app.peers.issue(&channel, &identity, claim),
+    );
     // Preamble and welcome in one chunk: one write, and `welcome` is always the first event.
     let mut first = sse::preamble(app.config.retry_ms).to_vec();
     first.extend_from_slice(&welcome);

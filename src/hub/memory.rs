@@ -28,6 +28,12 @@
 //!   and a send with no receiver is not stored), so a frame outlives its eviction from history
 //!   only for a subscriber that is behind (at most `broadcast_capacity` frames per channel, and
 //!   the batch its writer holds), and such a subscriber is resumed from history or gets `gap`.
+//! - A peer id's place holds one [`Claim`] from the stream that took the id free until the
+//!   place is let go: a takeover must present that claim (so knowing an id is not enough to
+//!   become it), publishes stamped with the id must carry it, and when the holding stream ends
+//!   the place is kept for its claim `--peer-grace` longer (a blip or a reload does not free
+//!   the id for a stranger). Kept places count toward `--room-capacity`, so they are bounded
+//!   like held ones; presence counts held places only.
 //!
 //! With `--redis` the same map is the instance's local fan-out ([`Hub::new_relay`]): ids,
 //! history of record, room capacity and presence come from Redis (`hub/redis.rs`), events arrive
@@ -45,8 +51,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::{Event, HubCounters, HubError, Published, StartAt};
+use super::{Event, HubCounters, HubError, PeerJoin, Published, StartAt};
 use crate::names::{ChannelName, PeerId};
+use crate::peers::Claim;
 use crate::sse;
 
 /// Shards of the channel map; a power of two comfortably above the core count, so publishes to
@@ -91,6 +98,9 @@ pub struct HubSettings {
     pub max_channels: usize,
     /// Streams on one channel (`--max-subscribers`), anonymous ones included.
     pub max_subscribers: usize,
+    /// How long a peer id's place is kept for its claim after its stream ended
+    /// (`--peer-grace`): only that claim's token can take it back meanwhile.
+    pub peer_grace: Duration,
 }
 
 /// The in-memory hub. Cheap to share behind an `Arc`.
@@ -120,6 +130,9 @@ pub struct Hub {
 
 struct Channel {
     name: ChannelName,
+    /// How long a place outlives its stream here: `--peer-grace`, or zero for a relay's
+    /// local fan-out (Redis keeps the place for the cluster).
+    grace: Duration,
     counters: Arc<HubCounters>,
     tx: broadcast::Sender<Event>,
     state: Mutex<ChannelState>,
@@ -147,6 +160,27 @@ struct ChannelState {
 }
 
 impl ChannelState {
+    /// Lets go of places kept past their time.
+    fn tidy_places(&mut self, now: Instant) {
+        self.peers.retain(|slot| match slot.holder {
+            Holder::Stream { .. } => true,
+            Holder::Kept { until } => until > now,
+        });
+    }
+
+    /// Places a stream holds now (what presence calls peers).
+    fn held_places(&self) -> usize {
+        self.peers
+            .iter()
+            .filter(|slot| matches!(slot.holder, Holder::Stream { .. }))
+            .count()
+    }
+
+    /// The presence event for the current counts.
+    fn presence_frame(&self) -> bytes::Bytes {
+        sse::presence_frame(self.subscribers, self.held_places())
+    }
+
     /// The newest id this channel has carried (or may have carried, for the floor).
     fn newest(&self) -> u64 {
         self.history
@@ -203,18 +237,30 @@ impl ChannelState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalRoom {
     pub subscribers: usize,
-    /// Peers holding a place through this instance, with the subscription that holds it.
-    pub peers: Vec<(PeerId, u64)>,
+    /// Peers holding a place through this instance, with the subscription that holds it and
+    /// the place's claim.
+    pub peers: Vec<(PeerId, u64, Claim)>,
     /// The newest event id delivered here.
     pub newest: u64,
 }
 
-/// A peer holding a place in a room; a new stream with the same peer id takes the place over and
-/// ends the old stream (a page reload must never lock its own user out).
+/// A peer id's place in a room. A new stream with the same id and the place's claim takes it
+/// over and ends the old stream (a page reload must never lock its own user out); without the
+/// claim it is refused and the holder is left alone.
 struct PeerSlot {
     peer: PeerId,
-    subscription: u64,
-    stop: CancellationToken,
+    claim: Claim,
+    holder: Holder,
+}
+
+enum Holder {
+    /// A stream holds the place; `stop` ends it.
+    Stream {
+        subscription: u64,
+        stop: CancellationToken,
+    },
+    /// The stream ended; the place is kept for its claim until then.
+    Kept { until: Instant },
 }
 
 impl Hub {
@@ -288,8 +334,13 @@ impl Hub {
             None => self.last_id.load(Ordering::SeqCst),
             Some(_) => 0,
         };
+        let grace = match self.relay {
+            None => self.settings.peer_grace,
+            Some(_) => Duration::ZERO,
+        };
         let chan = Arc::new(Channel {
             name: name.clone(),
+            grace,
             counters: self.counters.clone(),
             tx,
             state: Mutex::new(ChannelState {
@@ -308,17 +359,32 @@ impl Hub {
     }
 
     /// Publishes one message: encodes it once, stores it in history and sends it to every
-    /// current subscriber of `channel`.
+    /// current subscriber of `channel`. With `sender`, only if the room's place for that peer
+    /// id (held, or kept) has that claim.
     pub fn publish(
         &self,
         channel: &ChannelName,
         tail: &sse::MessageTail,
+        sender: Option<(&PeerId, Claim)>,
     ) -> Result<Published, HubError> {
         let mut shard = self.shard(channel);
+        if sender.is_some() && !shard.contains_key(channel) {
+            return Err(HubError::NotCurrent);
+        }
         let chan = self.channel_in(&mut shard, channel)?;
         // The shard lock is held across the publish so the reaper cannot remove the channel
         // between lookup and send (the event would vanish with it).
         let mut state = lock(&chan.state);
+        if let Some((peer, claim)) = sender {
+            state.tidy_places(Instant::now());
+            if !state
+                .peers
+                .iter()
+                .any(|slot| slot.peer == *peer && slot.claim == claim)
+            {
+                return Err(HubError::NotCurrent);
+            }
+        }
         let id = self.last_id.fetch_add(1, Ordering::SeqCst) + 1;
         let event = Event {
             id: Some(id),
@@ -432,11 +498,30 @@ impl Hub {
         };
         let mut state = lock(&chan.state);
         state.peers.retain(|slot| {
-            let stale = slot.peer == *peer && Some(slot.subscription) != keep;
-            if stale {
-                slot.stop.cancel();
-            }
+            let stale = slot.peer == *peer
+                && match &slot.holder {
+                    Holder::Stream { subscription, stop } if Some(*subscription) != keep => {
+                        stop.cancel();
+                        true
+                    }
+                    _ => false,
+                };
             !stale
+        });
+    }
+
+    /// Relay mode: `subscription` holds `peer`'s place here under `claim` (the cluster gave it
+    /// the place); any other local stream of that peer ends.
+    pub fn hold(&self, subscription: &Subscription, peer: PeerId, claim: Claim) {
+        self.stop_peer(subscription.channel(), &peer, Some(subscription.id));
+        let mut state = lock(&subscription.channel.state);
+        state.peers.push(PeerSlot {
+            peer,
+            claim,
+            holder: Holder::Stream {
+                subscription: subscription.id,
+                stop: subscription.stop.clone(),
+            },
         });
     }
 
@@ -450,7 +535,12 @@ impl Hub {
             peers: state
                 .peers
                 .iter()
-                .map(|s| (s.peer.clone(), s.subscription))
+                .filter_map(|s| match s.holder {
+                    Holder::Stream { subscription, .. } => {
+                        Some((s.peer.clone(), subscription, s.claim))
+                    }
+                    Holder::Kept { .. } => None,
+                })
                 .collect(),
             newest: state.newest(),
         })
@@ -465,30 +555,28 @@ impl Hub {
     }
 
     /// Subscribes to `channel`, creating it if needed. With a `peer`, the stream takes one of
-    /// the room's `room_capacity` places (or takes over that peer's own older place).
+    /// the room's `room_capacity` places, or takes over that peer id's place if it proves the
+    /// place's claim (see the module docs).
     pub fn subscribe(
         &self,
         channel: &ChannelName,
         start: StartAt,
-        peer: Option<PeerId>,
+        peer: Option<PeerJoin>,
     ) -> Result<Subscription, HubError> {
         self.join(channel, peer, Some(start))
     }
 
-    /// Relay mode: joins this instance's fan-out of `channel` with nothing queued and no
-    /// capacity check (the cluster does both); [`Subscription::start_with`] sets the replay.
-    pub fn attach(
-        &self,
-        channel: &ChannelName,
-        peer: Option<PeerId>,
-    ) -> Result<Subscription, HubError> {
-        self.join(channel, peer, None)
+    /// Relay mode: joins this instance's fan-out of `channel` with nothing queued, no place and
+    /// no capacity check (the cluster does those; [`Hub::hold`] records the place it gives);
+    /// [`Subscription::start_with`] sets the replay.
+    pub fn attach(&self, channel: &ChannelName) -> Result<Subscription, HubError> {
+        self.join(channel, None, None)
     }
 
     fn join(
         &self,
         channel: &ChannelName,
-        peer: Option<PeerId>,
+        peer: Option<PeerJoin>,
         start: Option<StartAt>,
     ) -> Result<Subscription, HubError> {
         let subscription_id = self.next_subscription.fetch_add(1, Ordering::Relaxed);
@@ -502,22 +590,37 @@ impl Hub {
             });
         }
 
-        if let Some(peer) = peer.clone() {
+        let mut claim = None;
+        if let Some(PeerJoin { peer, proof }) = peer {
+            state.tidy_places(Instant::now());
+            let holder = Holder::Stream {
+                subscription: subscription_id,
+                stop: stop.clone(),
+            };
             if let Some(slot) = state.peers.iter_mut().find(|s| s.peer == peer) {
+                if proof != Some(slot.claim) {
+                    tracing::debug!(channel = %channel, peer = peer.as_str(), "unproven takeover refused");
+                    return Err(HubError::PeerTaken);
+                }
                 tracing::debug!(channel = %channel, peer = peer.as_str(), "peer took over its place");
-                slot.stop.cancel();
-                slot.subscription = subscription_id;
-                slot.stop = stop.clone();
-            } else if self.relay.is_none() && state.peers.len() >= self.settings.room_capacity {
+                if let Holder::Stream { stop, .. } = &slot.holder {
+                    stop.cancel();
+                }
+                slot.holder = holder;
+                claim = Some(slot.claim);
+            } else if state.peers.len() >= self.settings.room_capacity {
                 return Err(HubError::RoomFull {
                     capacity: self.settings.room_capacity,
                 });
             } else {
+                // A free id: a new claim, whatever token came along (it was for an earlier one).
+                let fresh = Claim::random();
                 state.peers.push(PeerSlot {
                     peer,
-                    subscription: subscription_id,
-                    stop: stop.clone(),
+                    claim: fresh,
+                    holder,
                 });
+                claim = Some(fresh);
             }
         }
 
@@ -545,7 +648,7 @@ impl Hub {
         if self.relay.is_none() {
             // The newcomer gets the same presence event as everyone else: it was subscribed
             // above. (A relay's presence counts the whole cluster and comes from there.)
-            let frame = sse::presence_frame(state.subscribers, state.peers.len());
+            let frame = state.presence_frame();
             state.announce(&chan.tx, frame);
         }
         drop(state);
@@ -556,9 +659,11 @@ impl Hub {
             rx,
             pending,
             last_id,
-            stopped: Box::pin(stop.cancelled_owned()),
+            stopped: Box::pin(stop.clone().cancelled_owned()),
+            stop,
             ready_in_a_row: 0,
             id: subscription_id,
+            claim,
             left: self.relay.clone(),
         })
     }
@@ -571,7 +676,10 @@ impl Hub {
             let mut map = lock(shard);
             map.retain(|name, chan| {
                 let mut state = lock(&chan.state);
+                // A place kept for its holder keeps the room (it is bounded by the capacity).
+                state.tidy_places(now);
                 let expired = state.subscribers == 0
+                    && state.peers.is_empty()
                     && state
                         .idle_since
                         .is_some_and(|t| now.duration_since(t) >= self.settings.history_ttl);
@@ -642,9 +750,13 @@ pub struct Subscription {
     /// Resolves when the stream must end (shutdown, or this peer reconnected elsewhere).
     /// Made once and kept, so a receive does not build a new cancellation future each time.
     stopped: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// What `stopped` waits for; a place this stream holds keeps a clone to end it.
+    stop: CancellationToken,
     /// Receives since `stopped` was last looked at first.
     ready_in_a_row: u32,
     id: u64,
+    /// The claim of the place this stream holds (`None`: anonymous).
+    claim: Option<Claim>,
     /// Relay mode: told this subscription's channel when it ends.
     left: Option<mpsc::UnboundedSender<ChannelName>>,
 }
@@ -760,6 +872,16 @@ impl Subscription {
         self.id
     }
 
+    /// The claim of the peer id's place this stream holds: what its `welcome` token carries.
+    pub fn claim(&self) -> Option<Claim> {
+        self.claim
+    }
+
+    /// Relay mode: the claim the cluster gave this stream's place.
+    pub fn set_claim(&mut self, claim: Claim) {
+        self.claim = Some(claim);
+    }
+
     /// The channel this subscription belongs to.
     pub fn channel(&self) -> &ChannelName {
         &self.channel.name
@@ -775,7 +897,16 @@ impl Drop for Subscription {
             .subscribers
             .fetch_sub(1, Ordering::Relaxed);
         let id = self.id;
-        state.peers.retain(|slot| slot.subscription != id);
+        // The place stays the claim's for `grace` (a blip, a reload); with none, it is free.
+        let until = Instant::now() + self.channel.grace;
+        for slot in state.peers.iter_mut() {
+            if matches!(slot.holder, Holder::Stream { subscription, .. } if subscription == id) {
+                slot.holder = Holder::Kept { until };
+            }
+        }
+        if self.channel.grace.is_zero() {
+            state.tidy_places(until);
+        }
         if state.subscribers == 0 {
             state.idle_since = Some(Instant::now());
         }
@@ -783,7 +914,7 @@ impl Drop for Subscription {
             // The cluster recounts and announces; a closed receiver means shutdown.
             let _ = left.send(self.channel.name.clone());
         } else if state.subscribers > 0 {
-            let frame = sse::presence_frame(state.subscribers, state.peers.len());
+            let frame = state.presence_frame();
             state.announce(&self.channel.tx, frame);
         }
     }
@@ -852,6 +983,7 @@ mod tests {
                 broadcast_capacity,
                 max_channels: 3,
                 max_subscribers: 4,
+                peer_grace: Duration::from_millis(200),
             },
             CancellationToken::new(),
         )
@@ -870,6 +1002,7 @@ mod tests {
                 broadcast_capacity: 16,
                 max_channels: 1000,
                 max_subscribers: 4,
+                peer_grace: Duration::from_millis(200),
             },
             CancellationToken::new(),
         )
@@ -893,7 +1026,7 @@ mod tests {
     }
 
     fn publish(hub: &Hub, body: &str) -> u64 {
-        hub.publish(&room(), &sse::MessageTail::new("m", body))
+        hub.publish(&room(), &sse::MessageTail::new("m", body), None)
             .unwrap()
             .id
     }
@@ -990,7 +1123,7 @@ mod tests {
         let mut first_ids = Vec::new();
         for i in 0..200 {
             let tail = sse::MessageTail::new("m", &escaped);
-            let id = hub.publish(&name(i % 50), &tail).unwrap().id;
+            let id = hub.publish(&name(i % 50), &tail, None).unwrap().id;
             if i < 50 {
                 first_ids.push(id);
             }
@@ -1086,27 +1219,133 @@ mod tests {
         assert_eq!(hub.subscriber_count(), 0);
     }
 
+    fn join(p: &str, proof: Option<Claim>) -> Option<PeerJoin> {
+        Some(PeerJoin {
+            peer: PeerId::parse(p).unwrap(),
+            proof,
+        })
+    }
+
+    async fn ends(sub: &mut Subscription) -> bool {
+        tokio::time::timeout(Duration::from_secs(1), async {
+            while sub.recv().await.is_some() {}
+        })
+        .await
+        .is_ok()
+    }
+
     #[tokio::test]
     async fn capacity_and_takeover() {
         let hub = hub(64, 16);
-        let peer = |p: &str| Some(PeerId::parse(p).unwrap());
-        let mut a = hub.subscribe(&room(), StartAt::Live, peer("a")).unwrap();
-        let _b = hub.subscribe(&room(), StartAt::Live, peer("b")).unwrap();
+        let mut a = hub
+            .subscribe(&room(), StartAt::Live, join("a", None))
+            .unwrap();
+        let claim = a.claim().unwrap();
+        let _b = hub
+            .subscribe(&room(), StartAt::Live, join("b", None))
+            .unwrap();
         assert!(matches!(
-            hub.subscribe(&room(), StartAt::Live, peer("c")),
+            hub.subscribe(&room(), StartAt::Live, join("c", None)),
             Err(HubError::RoomFull { capacity: 2 })
         ));
         // Anonymous (seed) streams are not counted.
         let _seed = hub.subscribe(&room(), StartAt::Live, None).unwrap();
-        // "a" reconnecting takes over its own place and ends the old stream.
-        let _a2 = hub.subscribe(&room(), StartAt::Live, peer("a")).unwrap();
-        let ended = tokio::time::timeout(Duration::from_secs(1), async {
-            while a.recv().await.is_some() {}
-        })
-        .await;
-        assert!(ended.is_ok());
+        // "a" reconnecting with its claim takes over its own place and ends the old stream.
+        let a2 = hub
+            .subscribe(&room(), StartAt::Live, join("a", Some(claim)))
+            .unwrap();
+        assert_eq!(a2.claim(), Some(claim), "a takeover keeps the claim");
+        assert!(ends(&mut a).await);
         drop(a);
-        assert!(hub.subscribe(&room(), StartAt::Live, peer("c")).is_err());
+        assert!(hub
+            .subscribe(&room(), StartAt::Live, join("c", None))
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unproven_takeover_is_refused_and_a_kept_place_waits_for_its_claim() {
+        let hub = hub(64, 16);
+        let tail = sse::MessageTail::new("m", "x");
+        let alice = PeerId::parse("alice").unwrap();
+        let mut a = hub
+            .subscribe(&room(), StartAt::Live, join("alice", None))
+            .unwrap();
+        let claim = a.claim().unwrap();
+        for proof in [None, Some(Claim::random())] {
+            assert_eq!(
+                hub.subscribe(&room(), StartAt::Live, join("alice", proof))
+                    .err(),
+                Some(HubError::PeerTaken)
+            );
+        }
+        // The holder was left alone and still publishes under its claim; another does not.
+        hub.publish(&room(), &tail, Some((&alice, claim))).unwrap();
+        assert_eq!(
+            hub.publish(&room(), &tail, Some((&alice, Claim::random())))
+                .err(),
+            Some(HubError::NotCurrent)
+        );
+        assert!(!drain(&mut a).await.is_empty(), "alice's stream is up");
+        // Her stream ends: the place is kept for her claim during the grace.
+        drop(a);
+        assert_eq!(
+            hub.subscribe(&room(), StartAt::Live, join("alice", None))
+                .err(),
+            Some(HubError::PeerTaken)
+        );
+        hub.publish(&room(), &tail, Some((&alice, claim))).unwrap();
+        let back = hub
+            .subscribe(&room(), StartAt::Live, join("alice", Some(claim)))
+            .unwrap();
+        assert_eq!(back.claim(), Some(claim));
+        drop(back);
+        // After the grace the id is free: the next stream gets a new claim, and the old
+        // claim can neither publish nor take it back.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut stranger = hub
+            .subscribe(&room(), StartAt::Live, join("alice", Some(claim)))
+            .unwrap();
+        let second = stranger.claim().unwrap();
+        assert_ne!(second, claim);
+        assert_eq!(
+            hub.publish(&room(), &tail, Some((&alice, claim))).err(),
+            Some(HubError::NotCurrent)
+        );
+        assert_eq!(
+            hub.subscribe(&room(), StartAt::Live, join("alice", Some(claim)))
+                .err(),
+            Some(HubError::PeerTaken)
+        );
+        assert!(!ends(&mut stranger).await, "the holder stays up");
+        // A claim in a room that does not exist is not current (and creates no room).
+        let nowhere = ChannelName::parse("nowhere").unwrap();
+        assert_eq!(
+            hub.publish(&nowhere, &tail, Some((&alice, second))).err(),
+            Some(HubError::NotCurrent)
+        );
+        assert_eq!(hub.channel_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn kept_places_count_toward_capacity_and_keep_the_room() {
+        let hub = hub(64, 16);
+        let a = hub
+            .subscribe(&room(), StartAt::Live, join("a", None))
+            .unwrap();
+        let b = hub
+            .subscribe(&room(), StartAt::Live, join("b", None))
+            .unwrap();
+        drop(a);
+        drop(b);
+        assert!(matches!(
+            hub.subscribe(&room(), StartAt::Live, join("c", None)),
+            Err(HubError::RoomFull { .. })
+        ));
+        // Past the history ttl (50 ms) but within the grace (200 ms): the room stays.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(hub.reap_idle(), 0);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(hub.reap_idle(), 1);
     }
 
     #[tokio::test]
@@ -1114,7 +1353,7 @@ mod tests {
         let hub = hub(64, 16);
         let other = ChannelName::parse("other").unwrap();
         let sub = hub.subscribe(&room(), StartAt::Live, None).unwrap();
-        hub.publish(&other, &sse::MessageTail::new("m", "x"))
+        hub.publish(&other, &sse::MessageTail::new("m", "x"), None)
             .unwrap();
         assert_eq!(hub.channel_count(), 2);
         tokio::time::sleep(Duration::from_millis(80)).await;
@@ -1132,15 +1371,15 @@ mod tests {
         let name = |n: &str| ChannelName::parse(n).unwrap();
         let tail = sse::MessageTail::new("m", "x");
         for n in ["a", "b", "c"] {
-            hub.publish(&name(n), &tail).unwrap();
+            hub.publish(&name(n), &tail, None).unwrap();
         }
         assert_eq!(
-            hub.publish(&name("d"), &tail).unwrap_err(),
+            hub.publish(&name("d"), &tail, None).unwrap_err(),
             HubError::TooManyChannels { max: 3 }
         );
         assert!(hub.subscribe(&name("d"), StartAt::Live, None).is_err());
         // Existing channels keep working at the limit.
-        hub.publish(&name("a"), &tail).unwrap();
+        hub.publish(&name("a"), &tail, None).unwrap();
         let subs: Vec<_> = (0..4)
             .map(|_| hub.subscribe(&name("a"), StartAt::Live, None).unwrap())
             .collect();
@@ -1165,6 +1404,7 @@ mod tests {
                 broadcast_capacity: 16,
                 max_channels: 10,
                 max_subscribers: 10,
+                peer_grace: Duration::from_secs(30),
             },
             CancellationToken::new(),
             left_tx,
@@ -1175,10 +1415,11 @@ mod tests {
         };
         // No one here listens: nothing is kept.
         assert!(!hub.deliver(&room(), event(1)));
-        let peer = |p: &str| Some(PeerId::parse(p).unwrap());
-        let mut sub = hub.attach(&room(), peer("a")).unwrap();
+        let mut sub = hub.attach(&room()).unwrap();
+        hub.hold(&sub, PeerId::parse("a").unwrap(), Claim::random());
         // The cluster enforces capacity, not the local map.
-        let other = hub.attach(&room(), peer("b")).unwrap();
+        let other = hub.attach(&room()).unwrap();
+        hub.hold(&other, PeerId::parse("b").unwrap(), Claim::random());
         sub.start_with(VecDeque::from([event(5)]), 4);
         assert!(hub.deliver(&room(), event(5)));
         assert!(!hub.deliver(&room(), event(5)), "a repeat is dropped");
@@ -1192,6 +1433,10 @@ mod tests {
         hub.stop_peer(&room(), &PeerId::parse("b").unwrap(), None);
         assert_eq!(hub.local_room(&room()).unwrap().peers.len(), 1);
         drop(other);
+        // A relay keeps no place after its stream: Redis keeps it for the cluster.
+        drop(sub);
+        assert!(hub.local_room(&room()).unwrap().peers.is_empty());
+        assert_eq!(left_rx.try_recv().unwrap(), room());
         assert_eq!(left_rx.try_recv().unwrap(), room());
     }
 }

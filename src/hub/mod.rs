@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::names::{ChannelName, PeerId};
+use crate::peers::Claim;
 use crate::sse::MessageTail;
 
 /// The hub the server runs on, whichever backend `--redis` chose.
@@ -59,30 +60,35 @@ impl Hub {
         Ok(hub)
     }
 
-    /// Publishes one message to every subscriber of `channel` (on every instance).
+    /// Publishes one message to every subscriber of `channel` (on every instance). With
+    /// `sender`, only if that claim of that peer id is the room's current one (the check and
+    /// the publish are one step, so a takeover cannot slip between them).
     pub async fn publish(
         &self,
         channel: &ChannelName,
         tail: &MessageTail,
+        sender: Option<(&PeerId, Claim)>,
     ) -> Result<Published, HubError> {
         match self {
             Hub::Memory(hub) => {
-                let published = hub.publish(channel, tail)?;
+                let published = hub.publish(channel, tail, sender)?;
                 if published.queued > hub.settings().broadcast_capacity / 2 {
                     hub.let_readers_catch_up(channel).await;
                 }
                 Ok(published)
             }
-            Hub::Redis(hub) => hub.publish(channel, tail).await,
+            Hub::Redis(hub) => hub.publish(channel, tail, sender).await,
         }
     }
 
-    /// Opens a subscription: replay per `start`, then live events until it is dropped.
+    /// Opens a subscription: replay per `start`, then live events until it is dropped. With a
+    /// `peer`, the stream takes a place in the room; [`Subscription::claim`] is then the claim
+    /// its token must carry.
     pub async fn subscribe(
         &self,
         channel: &ChannelName,
         start: StartAt,
-        peer: Option<PeerId>,
+        peer: Option<PeerJoin>,
     ) -> Result<Subscription, HubError> {
         match self {
             Hub::Memory(hub) => hub.subscribe(channel, start, peer),
@@ -172,6 +178,15 @@ pub struct Published {
     pub queued: usize,
 }
 
+/// A stream asking for a place in a room under a peer id.
+#[derive(Debug, Clone)]
+pub struct PeerJoin {
+    pub peer: PeerId,
+    /// The claim its `token=` proved (signature checked), if it presented one. A place that is
+    /// held, or kept for its holder after a stream ended, is given only to its own claim.
+    pub proof: Option<Claim>,
+}
+
 /// Where a new subscription starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartAt {
@@ -181,6 +196,10 @@ pub enum StartAt {
     /// is kept because a client may send anything; an id we never issued is treated as a gap.
     After(String),
 }
+
+/// What a publish whose claim is not current is told (`HubError::NotCurrent`).
+pub const NOT_CURRENT: &str =
+    "the peer token is not current: this peer id is no longer held under it in this room";
 
 /// Why the hub refused a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +215,12 @@ pub enum HubError {
     /// With `--redis-format flask-sse`, channel names starting with `sigrelay:` would reach
     /// sigrelay's own pub/sub channels.
     Reserved,
+    /// The peer id is held (or kept for its holder) under another claim, and the stream did
+    /// not prove it is that claim.
+    PeerTaken,
+    /// A publish's claim is not the room's current claim of its peer id (an earlier one, or
+    /// the id is no longer held).
+    NotCurrent,
 }
 
 impl std::fmt::Display for HubError {
@@ -213,6 +238,10 @@ impl std::fmt::Display for HubError {
             }
             HubError::Unavailable(why) => write!(f, "relay unavailable: {why}"),
             HubError::Reserved => f.write_str("channel names starting with sigrelay: are reserved"),
+            HubError::PeerTaken => f.write_str(
+                "this peer id is in use in this room; only its holder (token= from its welcome) can take it over",
+            ),
+            HubError::NotCurrent => f.write_str(NOT_CURRENT),
         }
     }
 }

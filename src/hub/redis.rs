@@ -4,16 +4,20 @@
 //! - Redis holds what must be the same on every instance: the id counter (`sigrelay:id`), each
 //!   channel's history (a capped stream `sigrelay:h:NAME`, with its floor in `sigrelay:f:NAME`),
 //!   who is subscribed (`sigrelay:s:NAME`, instance → count) and who holds a place in a room
-//!   (`sigrelay:p:NAME`, peer → "instance subscription"). Each change is one Lua script, so a
-//!   publish assigns its id, stores it and sends it atomically, and per channel the order of ids,
-//!   of history and of delivery is one order, as on a single instance.
+//!   (`sigrelay:p:NAME`, peer → "claim instance subscription" while a stream holds it, "claim -
+//!   until_ms" while it is kept for its claim after the stream ended). Each change is one Lua
+//!   script, so a publish assigns its id, stores it and sends it atomically, and per channel the
+//!   order of ids, of history and of delivery is one order, as on a single instance; a takeover
+//!   and a stamped publish check the place's claim in the same script that acts on it, so every
+//!   instance applies the same rule as the memory hub (`hub/memory.rs`).
 //! - Each instance keeps a [`memory::Hub`] as its local fan-out: one Redis subscription (a single
 //!   pattern) feeds it, every event is encoded once per instance and shared by its streams.
 //! - An instance proves it is alive with `sigrelay:alive:ID`, refreshed every heartbeat
 //!   (`--redis-heartbeat`, 5 s) and expiring after three; the entries of an instance that
 //!   stopped refreshing are dropped by the next script that reads the room (a live instance's
-//!   heartbeat reads all of its rooms), so a dead instance's subscribers stop counting, and stop
-//!   holding places, within four heartbeats (20 s by default).
+//!   heartbeat reads all of its rooms), so a dead instance's subscribers stop counting, and its
+//!   places go from held to kept (for `--peer-grace`, so their pages can come back through
+//!   another instance with their tokens), within four heartbeats (20 s by default).
 //! - The peer-token secret, when `--peer-secret` is not given, is `sigrelay:peer-secret`: the
 //!   first instance stores a random one (`SET NX`), every other reads it, and each instance
 //!   stores it again (`NX`) at every heartbeat, so a Redis that restarted empty gets it back
@@ -36,8 +40,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::memory::{self, replay_since, resume_point, HubSettings, Subscription};
-use super::{Event, HubError, Published, StartAt};
+use super::{Event, HubError, PeerJoin, Published, StartAt};
 use crate::names::{ChannelName, PeerId};
+use crate::peers::Claim;
 use crate::sse::{self, MessageTail};
 
 /// An instance counts as alive for this many heartbeats after its last one.
@@ -80,11 +85,70 @@ pub enum RedisFormat {
     FlaskSse,
 }
 
-/// Publish: assign the next id, keep it in history (moving the floor past what falls out),
-/// send it, and count the room's subscribers.
+/// Helpers every script that touches a room's places starts with (see the module docs for
+/// the two shapes of a place).
+const PLACES_LUA: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function place(value)
+  return string.match(value, '^(%S+) (%S+) (%S+)$')
+end
+-- Keeps PEER's place for CLAIM until now + grace, or lets it go when there is no grace.
+local function keep(key, peer, claim, now, grace)
+  if grace <= 0 then
+    redis.call('HDEL', key, peer)
+    return
+  end
+  redis.call('HSET', key, peer, claim .. ' - ' .. string.format('%d', now + grace))
+  if redis.call('PTTL', key) < grace then redis.call('PEXPIRE', key, grace) end
+end
+-- Lets expired (or unreadable) places go and keeps dead instances' places for their claims;
+-- returns the places streams hold and the places taken (held or kept).
+local function tidy(key, alive, now, grace)
+  local held, taken = 0, 0
+  local peers = redis.call('HGETALL', key)
+  for i = 1, #peers, 2 do
+    local claim, holder, rest = place(peers[i + 1])
+    if not claim or (holder == '-' and tonumber(rest) <= now) then
+      redis.call('HDEL', key, peers[i])
+    elseif holder == '-' then
+      taken = taken + 1
+    elseif not alive(holder) then
+      keep(key, peers[i], claim, now, grace)
+      if grace > 0 then taken = taken + 1 end
+    else
+      held = held + 1
+      taken = taken + 1
+    end
+  end
+  return held, taken
+end
+local function count_held(key)
+  local held = 0
+  for _, value in ipairs(redis.call('HVALS', key)) do
+    local claim, holder = place(value)
+    if claim and holder ~= '-' then held = held + 1 end
+  end
+  return held
+end
+"#;
+
+/// Publish: check the sender's claim (if any), assign the next id, keep it in history (moving
+/// the floor past what falls out), send it, and count the room's subscribers.
 const PUBLISH_LUA: &str = r#"
--- KEYS: id counter, history, floor, pub/sub channel, subscriber counts
--- ARGV: now (µs), history length, history ttl (ms), payload head, payload tail, stored tail
+-- KEYS: id counter, history, floor, pub/sub channel, subscriber counts, peers
+-- ARGV: now (µs), history length, history ttl (ms), payload head, payload tail, stored tail,
+--       sender peer or '', sender claim
+if ARGV[7] ~= '' then
+  local current = redis.call('HGET', KEYS[6], ARGV[7])
+  local claim, holder, rest
+  if current then claim, holder, rest = place(current) end
+  if claim ~= ARGV[8] or (holder == '-' and tonumber(rest) <= now_ms()) then
+    return {-1, 0}
+  end
+end
 local id = redis.call('INCR', KEYS[1])
 if id == 1 then
   -- A new counter (first run, or Redis lost its data) starts at the clock, so ids keep
@@ -115,73 +179,93 @@ for _, n in ipairs(redis.call('HVALS', KEYS[5])) do subscribers = subscribers + 
 return {id, subscribers}
 "#;
 
-/// Join: forget dead instances, take (or take over) a place, record this instance's count,
-/// announce presence, and return what a replay needs.
+/// Join: forget dead instances, take a free place (a new claim) or take over a held or kept
+/// one (only with its claim), record this instance's count, announce presence, and return what
+/// a replay needs and the place's claim.
 const JOIN_LUA: &str = r#"
 -- KEYS: subscriber counts, peers, history, floor, id counter, event channel, control channel
 -- ARGV: instance, subscription, peer or '', capacity, local count, replay (1/0),
---       alive key prefix, room key ttl (ms), channel name
+--       alive key prefix, room key ttl (ms), channel name, proven claim or '', new claim,
+--       peer grace (ms)
 local inst = ARGV[1]
 local function alive(i) return i == inst or redis.call('EXISTS', ARGV[7] .. i) == 1 end
 local counts = redis.call('HGETALL', KEYS[1])
 for i = 1, #counts, 2 do
   if not alive(counts[i]) then redis.call('HDEL', KEYS[1], counts[i]) end
 end
-local peers = redis.call('HGETALL', KEYS[2])
-for i = 1, #peers, 2 do
-  if not alive(string.match(peers[i + 1], '^(%S+)')) then redis.call('HDEL', KEYS[2], peers[i]) end
-end
+local held, taken = tidy(KEYS[2], alive, now_ms(), tonumber(ARGV[12]))
+local claim = ''
 if ARGV[3] ~= '' then
-  local owner = redis.call('HGET', KEYS[2], ARGV[3])
-  if owner then
-    local owner_inst = string.match(owner, '^(%S+)')
-    if owner_inst ~= inst then
+  local current = redis.call('HGET', KEYS[2], ARGV[3])
+  if current then
+    local owner_claim, holder = place(current)
+    if owner_claim ~= ARGV[10] then return {'taken'} end
+    if holder == '-' then
+      held = held + 1
+    elseif holder ~= inst then
       redis.call('PUBLISH', KEYS[7], ARGV[9] .. '\n' .. ARGV[3] .. '\n' .. inst .. '\n' .. ARGV[2])
     end
-  elseif redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then
+    claim = owner_claim
+  elseif taken >= tonumber(ARGV[4]) then
     return {'full'}
+  else
+    claim = ARGV[11]
+    held = held + 1
   end
-  redis.call('HSET', KEYS[2], ARGV[3], inst .. ' ' .. ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[3], claim .. ' ' .. inst .. ' ' .. ARGV[2])
 end
 redis.call('HSET', KEYS[1], inst, ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
 local subscribers = 0
 for _, n in ipairs(redis.call('HVALS', KEYS[1])) do subscribers = subscribers + tonumber(n) end
-redis.call('PUBLISH', KEYS[6], 'p' .. subscribers .. ' ' .. redis.call('HLEN', KEYS[2]))
+redis.call('PUBLISH', KEYS[6], 'p' .. subscribers .. ' ' .. held)
 local newest = redis.call('GET', KEYS[5]) or '0'
 local floor = redis.call('GET', KEYS[4]) or newest
 local entries = {}
 if ARGV[6] == '1' then entries = redis.call('XRANGE', KEYS[3], '-', '+') end
-return {'ok', newest, floor, entries}
+return {'ok', newest, floor, entries, claim}
 "#;
 
 /// Sync: make the room's record of this instance match what it holds (after streams end, on
-/// every heartbeat, after a reconnect), forget dead instances, and announce presence if that
-/// changed anything. While anyone here listens, the room's history does not expire.
+/// every heartbeat, after a reconnect): places whose stream here ended are kept for their
+/// claims, places held here are (re)recorded unless another claim took the id meanwhile; forget
+/// dead instances, and announce presence if the counts changed. While anyone here listens, the
+/// room's history does not expire.
 const SYNC_LUA: &str = r#"
 -- KEYS: subscriber counts, peers, history, floor, event channel
 -- ARGV: instance, local count, alive key prefix, room key ttl (ms), history ttl (ms),
---       then peer, subscription pairs held here
+--       peer grace (ms), then peer, subscription, claim triples held here
 local inst = ARGV[1]
 local function alive(i) return i == inst or redis.call('EXISTS', ARGV[3] .. i) == 1 end
+local now = now_ms()
+local grace = tonumber(ARGV[6])
 local changed = false
 local want = {}
-for i = 6, #ARGV, 2 do want[ARGV[i]] = inst .. ' ' .. ARGV[i + 1] end
+for i = 7, #ARGV, 3 do want[ARGV[i]] = ARGV[i + 2] .. ' ' .. inst .. ' ' .. ARGV[i + 1] end
 local counts = redis.call('HGETALL', KEYS[1])
 for i = 1, #counts, 2 do
   if not alive(counts[i]) then redis.call('HDEL', KEYS[1], counts[i]); changed = true end
 end
+local held_before = count_held(KEYS[2])
+tidy(KEYS[2], alive, now, grace)
 local peers = redis.call('HGETALL', KEYS[2])
 for i = 1, #peers, 2 do
-  local owner = string.match(peers[i + 1], '^(%S+)')
-  if not alive(owner) or (owner == inst and want[peers[i]] ~= peers[i + 1]) then
-    redis.call('HDEL', KEYS[2], peers[i]); changed = true
+  local claim, holder = place(peers[i + 1])
+  if holder == inst and not want[peers[i]] then keep(KEYS[2], peers[i], claim, now, grace) end
+end
+for peer, value in pairs(want) do
+  local current = redis.call('HGET', KEYS[2], peer)
+  if not current then
+    redis.call('HSET', KEYS[2], peer, value)
+  elseif current ~= value then
+    local claim, holder = place(current)
+    if claim == string.match(value, '^(%S+)') and (holder == '-' or holder == inst) then
+      redis.call('HSET', KEYS[2], peer, value)
+    end
   end
 end
-for peer, holder in pairs(want) do
-  if redis.call('HSETNX', KEYS[2], peer, holder) == 1 then changed = true end
-end
+if count_held(KEYS[2]) ~= held_before then changed = true end
 local current = redis.call('HGET', KEYS[1], inst)
 if ARGV[2] == '0' then
   if current then redis.call('HDEL', KEYS[1], inst); changed = true end
@@ -195,7 +279,7 @@ end
 if changed then
   local subscribers = 0
   for _, n in ipairs(redis.call('HVALS', KEYS[1])) do subscribers = subscribers + tonumber(n) end
-  redis.call('PUBLISH', KEYS[5], 'p' .. subscribers .. ' ' .. redis.call('HLEN', KEYS[2]))
+  redis.call('PUBLISH', KEYS[5], 'p' .. subscribers .. ' ' .. count_held(KEYS[2]))
 end
 return changed and 1 or 0
 "#;
@@ -229,6 +313,10 @@ struct Link {
     /// The peer-token secret agreed through Redis, re-stored at every heartbeat; `None` when
     /// `--peer-secret` was given (then Redis is not asked).
     peer_secret: Mutex<Option<String>>,
+    /// Joins hold it shared from their script until the place is recorded locally
+    /// ([`memory::Hub::hold`]); a sync holds it alone, so it never reads this instance's places
+    /// between the two and mistakes a new holder for a stream that ended.
+    places: tokio::sync::RwLock<()>,
     shutdown: CancellationToken,
 }
 
@@ -262,11 +350,12 @@ impl RedisHub {
             instance: instance_name(),
             ready: AtomicBool::new(false),
             trouble: Mutex::new(Some("connecting to Redis".into())),
-            publish: Script::new(PUBLISH_LUA),
-            join: Script::new(JOIN_LUA),
-            sync: Script::new(SYNC_LUA),
+            publish: Script::new(&[PLACES_LUA, PUBLISH_LUA].concat()),
+            join: Script::new(&[PLACES_LUA, JOIN_LUA].concat()),
+            sync: Script::new(&[PLACES_LUA, SYNC_LUA].concat()),
             secret: Script::new(SECRET_LUA),
             peer_secret: Mutex::new(None),
+            places: tokio::sync::RwLock::new(()),
             shutdown: shutdown.clone(),
         });
         let pubsub = link.subscribe().await.map_err(unreachable)?;
@@ -341,6 +430,7 @@ impl RedisHub {
         &self,
         channel: &ChannelName,
         tail: &MessageTail,
+        sender: Option<(&PeerId, Claim)>,
     ) -> Result<Published, HubError> {
         self.check(channel)?;
         let link = &self.link;
@@ -371,15 +461,20 @@ impl RedisHub {
             .key(key("f", channel))
             .key(pubsub_channel)
             .key(key("s", channel))
+            .key(key("p", channel))
             .arg(now_micros())
             .arg(link.settings.history)
             .arg(link.settings.history_ttl.as_millis() as u64)
             .arg(head)
             .arg(payload_tail)
-            .arg(tail.as_bytes());
-        let (id, subscribers): (u64, i64) = within(call.invoke_async(&mut conn))
+            .arg(tail.as_bytes())
+            .arg(sender.map_or("", |(peer, _)| peer.as_str()))
+            .arg(sender.map_or(String::new(), |(_, claim)| claim.to_text()));
+        let (id, subscribers): (i64, i64) = within(call.invoke_async(&mut conn))
             .await
             .map_err(HubError::Unavailable)?;
+        // -1: the sender's claim is not the room's current one; nothing was published.
+        let id = u64::try_from(id).map_err(|_| HubError::NotCurrent)?;
         Ok(Published {
             id,
             subscribers: subscribers.max(0) as usize,
@@ -391,14 +486,15 @@ impl RedisHub {
         &self,
         channel: &ChannelName,
         start: StartAt,
-        peer: Option<PeerId>,
+        peer: Option<PeerJoin>,
     ) -> Result<Subscription, HubError> {
         self.check(channel)?;
         let link = &self.link;
         // Join the local fan-out first: from here on every event for this channel reaches the
         // subscription, so what the replay below misses cannot be lost, only repeated (and
-        // repeats are dropped by id).
-        let mut subscription = self.local.attach(channel, peer.clone())?;
+        // repeats are dropped by id). It holds no place until the cluster gives it one.
+        let mut subscription = self.local.attach(channel)?;
+        let places = link.places.read().await;
         let held = self
             .local
             .local_room(channel)
@@ -414,28 +510,47 @@ impl RedisHub {
             .key(CONTROL)
             .arg(&link.instance)
             .arg(subscription.id())
-            .arg(peer.as_ref().map_or("", |p| p.as_str()))
+            .arg(peer.as_ref().map_or("", |p| p.peer.as_str()))
             .arg(link.settings.room_capacity)
             .arg(held)
             .arg(u8::from(matches!(start, StartAt::After(_))))
             .arg("sigrelay:alive:")
             .arg(link.room_ttl_ms())
-            .arg(channel.as_str());
+            .arg(channel.as_str())
+            .arg(
+                peer.as_ref()
+                    .and_then(|p| p.proof)
+                    .map_or(String::new(), Claim::to_text),
+            )
+            .arg(Claim::random().to_text())
+            .arg(link.settings.peer_grace.as_millis() as u64);
         let reply: Value = within(call.invoke_async(&mut conn))
             .await
             .map_err(HubError::Unavailable)?;
         let joined = Joined::parse(reply)
             .ok_or_else(|| HubError::Unavailable("unexpected reply from Redis to a join".into()))?;
-        let Joined::Ok {
-            newest,
-            floor,
-            history,
-        } = joined
-        else {
-            return Err(HubError::RoomFull {
-                capacity: link.settings.room_capacity,
-            });
+        let (newest, floor, history, claim) = match joined {
+            Joined::Full => {
+                return Err(HubError::RoomFull {
+                    capacity: link.settings.room_capacity,
+                })
+            }
+            Joined::Taken => return Err(HubError::PeerTaken),
+            Joined::Ok {
+                newest,
+                floor,
+                history,
+                claim,
+            } => (newest, floor, history, claim),
         };
+        if let Some(PeerJoin { peer, .. }) = peer {
+            let claim = claim.ok_or_else(|| {
+                HubError::Unavailable("unexpected reply from Redis to a join".into())
+            })?;
+            self.local.hold(&subscription, peer, claim);
+            subscription.set_claim(claim);
+        }
+        drop(places);
         match start {
             StartAt::Live => subscription.start_with(VecDeque::new(), newest),
             StartAt::After(raw) => {
@@ -454,10 +569,13 @@ impl RedisHub {
 /// The reply of [`JOIN_LUA`].
 enum Joined {
     Full,
+    Taken,
     Ok {
         newest: u64,
         floor: u64,
         history: Vec<Event>,
+        /// The place's claim, when the stream asked for one.
+        claim: Option<Claim>,
     },
 }
 
@@ -469,6 +587,7 @@ impl Joined {
         let mut items = items.into_iter();
         match text(&items.next()?)?.as_str() {
             "full" => return Some(Joined::Full),
+            "taken" => return Some(Joined::Taken),
             "ok" => {}
             _ => return None,
         }
@@ -478,10 +597,14 @@ impl Joined {
             return None;
         };
         let history = entries.into_iter().filter_map(stream_entry).collect();
+        let claim = items
+            .next()
+            .and_then(|claim| Claim::from_text(&text(&claim)?));
         Some(Joined::Ok {
             newest,
             floor,
             history,
+            claim,
         })
     }
 }
@@ -684,8 +807,11 @@ impl Link {
         self.sync_all(names, local).await
     }
 
+    /// Room records outlive a few missed heartbeats, and a kept place its grace.
     fn room_ttl_ms(&self) -> u64 {
-        (self.heartbeat * ROOM_HEARTBEATS).as_millis() as u64
+        (self.heartbeat * ROOM_HEARTBEATS)
+            .max(self.settings.peer_grace)
+            .as_millis() as u64
     }
 
     /// Stores `candidate` as the shared peer-token secret unless one is stored; gives the one
@@ -717,6 +843,7 @@ impl Link {
 
     /// Syncs many rooms, a bounded number of scripts in flight on the multiplexed connection.
     async fn sync_all(&self, names: &[ChannelName], local: &memory::Hub) -> Result<(), String> {
+        let _places = self.places.write().await;
         for batch in names.chunks(64) {
             let results = join_all(batch.iter().map(|name| self.sync(name, local))).await;
             results.into_iter().collect::<Result<(), String>>()?;
@@ -741,9 +868,12 @@ impl Link {
             .arg(room.subscribers)
             .arg("sigrelay:alive:")
             .arg(self.room_ttl_ms())
-            .arg(self.settings.history_ttl.as_millis() as u64);
-        for (peer, subscription) in &room.peers {
-            call.arg(peer.as_str()).arg(*subscription);
+            .arg(self.settings.history_ttl.as_millis() as u64)
+            .arg(self.settings.peer_grace.as_millis() as u64);
+        for (peer, subscription, claim) in &room.peers {
+            call.arg(peer.as_str())
+                .arg(*subscription)
+                .arg(claim.to_text());
         }
         within(call.invoke_async::<i64>(&mut conn)).await?;
         Ok(())

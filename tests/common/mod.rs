@@ -240,6 +240,24 @@ fn build(
     req.body(Full::new(Bytes::copy_from_slice(body))).unwrap()
 }
 
+/// `POST /channel/send/ROOM/offer` on `server` with a peer id and token in the headers.
+pub async fn post_as(
+    server: &TestServer,
+    room: &str,
+    peer: &str,
+    token: &str,
+    body: &str,
+) -> Response {
+    request(
+        server.addr,
+        "POST",
+        &format!("/channel/send/{room}/offer"),
+        &[("x-sigrelay-peer", peer), ("x-sigrelay-token", token)],
+        body.as_bytes(),
+    )
+    .await
+}
+
 /// One request on its own connection, whole response read.
 pub async fn request(
     addr: SocketAddr,
