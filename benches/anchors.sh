@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two anchors of issue 5 on loopback, for benches/load.rs to measure next to sigrelay:
+# The two anchors of issue 5 on loopback, for benches/load/ to measure next to sigrelay:
 #   nginx + Debian's libnginx-mod-nchan   (/pub?id=ROOM, /sub?id=ROOM as EventSource)
 #   the seed stack: flask + flask-sse + gunicorn (gevent worker) + redis-server, in a venv
 #

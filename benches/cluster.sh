@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Publish→deliver latency across instances sharing Redis, next to one instance (README
 # "Scaling out"). Starts a redis-server and two release sigrelay instances on loopback, runs
-# benches/load.rs's `latency` scenario three ways, prints one table, stops what it started.
+# benches/load/'s `latency` scenario three ways, prints one table, stops what it started.
 #
 #   benches/cluster.sh            # 1,000 rooms × 2 subscribers, 5,000 msg/s for 10 s
 #
