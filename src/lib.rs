@@ -4,27 +4,35 @@
 //! `POST /channel/send/NAME/TYPE`), with replay of missed messages and no database.
 //!
 //! # Layout
-//! Dependencies point one way: `main → server → http → {hub, sse, assets, names} → {config, error}`.
-//! - [`cli`] / [`config`]: the raw command line, and the validated [`Config`] built from it.
-//! - [`shutdown`]: SIGINT/SIGTERM → one `CancellationToken`.
-//! - [`server`]: accept loops, TLS handshakes, hyper connections, graceful drain; [`tls`]: the
-//!   certificate (given, or generated once and reused) and rustls settings.
-//! - [`http`]: the route table and the endpoints; [`error`]: errors → status + JSON, in one place.
-//! - [`ice`]: built-in STUN/TURN (a packet filter in front of the `turn` crate: quotas,
-//!   forbidden peers, bounded unauthenticated traffic) and the TURN credentials of `/config`.
-//! - [`limits`]: connections per client and in total, publishes per client per second.
-//! - [`metrics`]: the Prometheus registry behind `GET /metrics`.
-//! - [`peers`]: peer claims and their tokens (a room's place in the hub keeps its claim; takeovers
-//!   and stamped publishes present the token), anonymous ids (`--strict-peers`, `--peer-grace`).
-//! - [`hub`]: channels, fan-out, history, presence; knows nothing of HTTP.
-//! - [`trim`]: hands freed memory back to the OS after many channels were removed.
-//! - [`sse`]: frame encoding; [`names`]: validated channel/type/peer names; [`assets`]: the
-//!   embedded pages.
+//! Each arrow reads "imports"; nothing imports back up the list, so there is no cycle:
+//! - `main` → [`cli`], [`config`], [`tls`], [`shutdown`], then [`run`] → [`server`], [`http`],
+//!   [`hub`], [`ice`], [`trim`].
+//! - [`server`] → [`http`], [`limits`], [`tls`]: accept loops, connection limits, TLS
+//!   handshakes, hyper connections, graceful drain. Each plain-http connection goes to
+//!   [`http::fast`] first (everything served outside hyper, with its contract), then to hyper.
+//! - [`http`] → [`hub`], [`peers`], [`limits`], [`metrics`], [`assets`], [`sse`], [`names`],
+//!   [`ice`] (credentials for `/config`), [`config`]: the route table, one admission function
+//!   per relay endpoint (called by the routes and by `http::fast` alike), the endpoints,
+//!   `http::error` (every error → status + one-line JSON), `http::forwarded` (the real client
+//!   behind a `--trusted-proxy`).
+//! - [`metrics`] → [`hub`] (its counters): the Prometheus registry behind `GET /metrics`;
+//!   [`trim`] → [`hub`]: hands freed memory back to the OS after many channels were removed.
+//! - [`hub`] → [`peers`], [`sse`], [`names`]: channels, fan-out, history, presence, peer places;
+//!   knows nothing of HTTP.
+//! - [`ice`] → [`limits`], [`names`]: built-in STUN/TURN (a packet filter in front of the
+//!   `turn` crate: quotas, forbidden peers, bounded unauthenticated traffic) and the TURN
+//!   credentials of `/config`.
+//! - [`peers`] → [`names`]: peer claims and their tokens; [`sse`] → [`names`]: frame encoding.
+//! - [`config`] → [`cli`] and the settings types of [`hub`], [`ice`], [`tls`]: the validated
+//!   [`Config`]; nothing else sees the raw command line.
+//! - Leaves: [`names`] (validated channel/type/peer names), [`assets`] (the embedded pages),
+//!   [`tls`] (the certificate, given or generated and kept; rustls settings), [`limits`]
+//!   (connections per client and in total, token buckets), [`shutdown`] (SIGINT/SIGTERM → one
+//!   `CancellationToken`), `sync` (the one `lock()`).
 
 pub mod assets;
 pub mod cli;
 pub mod config;
-pub mod error;
 pub mod http;
 pub mod hub;
 pub mod ice;
@@ -35,6 +43,7 @@ pub mod peers;
 pub mod server;
 pub mod shutdown;
 pub mod sse;
+mod sync;
 pub mod tls;
 pub mod trim;
 

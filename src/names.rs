@@ -413,4 +413,32 @@ mod tests {
             ]
         );
     }
+
+    /// The pages check room names before asking the server (`ROOM_PATTERN` in
+    /// assets/room.js): their rule must be this one, byte for byte and in length.
+    #[test]
+    fn the_pages_room_pattern_is_the_channel_rule() {
+        let js = include_str!("../assets/room.js");
+        let line = js
+            .lines()
+            .find(|l| l.starts_with("export const ROOM_PATTERN = /^["))
+            .expect("ROOM_PATTERN in assets/room.js");
+        let (class, rest) = line["export const ROOM_PATTERN = /^[".len()..]
+            .split_once("]{")
+            .expect("a character class and a length");
+        let class = class.replace("A-Z", "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+        let class = class.replace("a-z", "abcdefghijklmnopqrstuvwxyz");
+        let class = class.replace("0-9", "0123456789");
+        for byte in 0u8..=127 {
+            let name = (byte as char).to_string();
+            assert_eq!(
+                class.contains(byte as char),
+                ChannelName::parse(&name).is_ok(),
+                "{byte:#x}"
+            );
+        }
+        assert_eq!(rest, "1,128}$/;");
+        assert!(ChannelName::parse(&"a".repeat(128)).is_ok());
+        assert!(ChannelName::parse(&"a".repeat(129)).is_err());
+    }
 }

@@ -15,7 +15,6 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ApiError;
 use crate::http::fast::{self, Handoff};
 use crate::http::{App, Client, Transport};
 use crate::limits::{ConnectionLimits, ConnectionRefusal};
@@ -138,10 +137,6 @@ const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 async fn refuse(stream: TcpStream, refusal: ConnectionRefusal, plain: bool) {
     tracing::debug!(?refusal, "connection refused");
     if plain {
-        let refusal = match refusal {
-            ConnectionRefusal::Total(max) => ApiError::TooManyConnections(max),
-            ConnectionRefusal::PerIp(max) => ApiError::TooManyFromAddress(max),
-        };
         fast::refuse_connection(stream, refusal).await;
     }
 }

@@ -36,11 +36,9 @@ const RECONNECT_LIMIT: Duration = Duration::from_secs(10);
 const SEED_WAIT: &str = include_str!("seed/wait.html");
 const SEED_JOIN: &str = include_str!("seed/join.html");
 
+/// The server's own rule (`sigrelay::names`), which the pages' `ROOM_PATTERN` is tested against.
 fn is_room_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
+    sigrelay::names::ChannelName::parse(name).is_ok()
 }
 
 /// Opens the landing page and waits until its script has run (it fills the room field with a

@@ -14,6 +14,7 @@
 //! Each relay endpoint has one admission sequence, here in [`App`], that the route and the
 //! fast path both call: [`App::open_stream`] and [`App::admit_publish`].
 
+pub mod error;
 pub mod fast;
 pub mod forwarded;
 mod origin;
@@ -29,7 +30,7 @@ use http::{Method, Request, Response};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::hub::Hub;
 use crate::limits::RateLimiter;
 use crate::metrics::{self, Metrics};

@@ -11,7 +11,7 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 
 use super::forwarded::View;
 use super::{full, Body};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// What the policy decided for an allowed request.
 pub enum Verdict {

@@ -7,7 +7,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use super::forwarded::View;
 use super::{full, Body};
 use crate::assets;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::ice::IceSettings;
 use crate::names::{percent_decode, query_value, ChannelName};
 

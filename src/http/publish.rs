@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use super::{origin, pages, App, Body, PublishAdmission};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::names::{ChannelName, PeerId, PublishTarget};
 use crate::peers::{is_anonymous, Claim};
 use crate::sse::{self, MessageTail};

@@ -17,7 +17,7 @@ use hyper::body::Frame;
 use std::sync::Arc;
 
 use super::{App, Body, Client};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::hub::{PeerJoin, StartAt, Subscription};
 use crate::metrics::Metrics;
 use crate::names::StreamQuery;

@@ -55,6 +55,7 @@ use super::{Event, HubCounters, HubError, PeerJoin, Published, StartAt};
 use crate::names::{ChannelName, PeerId};
 use crate::peers::Claim;
 use crate::sse;
+use crate::sync::lock;
 
 /// Shards of the channel map; a power of two comfortably above the core count, so publishes to
 /// different channels rarely touch the same lock.
@@ -959,12 +960,6 @@ pub(super) fn replay_since<'a>(
     let replayed = (pending.len() - before) as u64;
     counters.replayed.fetch_add(replayed, Ordering::Relaxed);
     after
-}
-
-/// Locks a std mutex, ignoring poisoning: every critical section here leaves the data
-/// consistent at each step, so a panic elsewhere must not take the hub down with it.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

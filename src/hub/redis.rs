@@ -44,6 +44,7 @@ use super::{Event, HubError, PeerJoin, Published, StartAt};
 use crate::names::{ChannelName, PeerId};
 use crate::peers::Claim;
 use crate::sse::{self, MessageTail};
+use crate::sync::lock;
 
 /// An instance counts as alive for this many heartbeats after its last one.
 const ALIVE_HEARTBEATS: u32 = 3;
@@ -997,10 +998,6 @@ async fn within<T>(
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("Redis did not answer in time".into()),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -48,7 +48,8 @@ use webrtc_util::Conn;
 
 use super::peer::PeerRules;
 use super::quota::Quota;
-use crate::limits::{lock, RateLimiter};
+use crate::limits::RateLimiter;
+use crate::sync::lock;
 
 /// The source of requests the filter injects to obtain nonces; no real datagram comes from
 /// port 0, and answers to it are read here, never sent.

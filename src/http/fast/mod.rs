@@ -57,7 +57,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::{App, Client};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
+use crate::limits::ConnectionRefusal;
 
 /// How a connection left the fast path.
 pub enum Handoff {
@@ -141,6 +142,6 @@ pub async fn answer_and_close(mut stream: TcpStream, answer: &[u8]) {
 
 /// A connection turned away at accept time (over a connection limit): the one-line JSON
 /// answer, written blind (we have not read the request) and closed.
-pub async fn refuse_connection(stream: TcpStream, refusal: ApiError) {
-    answer_and_close(stream, &encode_refusal(refusal, false)).await;
+pub async fn refuse_connection(stream: TcpStream, refusal: ConnectionRefusal) {
+    answer_and_close(stream, &encode_refusal(refusal.into(), false)).await;
 }

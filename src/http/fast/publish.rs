@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::head::{self, Head, ResponseHead, MAX_HEAD};
 use super::{answer_and_close, encode_refusal, read_more, Handoff, Rewind};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::http::{origin, pages, App, Client, PublishedAnswer};
 use crate::metrics;
 

@@ -4,8 +4,9 @@
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
-use crate::http::{full, Body};
+use super::{full, Body};
 use crate::hub::HubError;
+use crate::limits::ConnectionRefusal;
 use crate::names::NameError;
 
 /// Everything a request can be refused for.
@@ -48,6 +49,15 @@ pub enum ApiError {
 impl From<NameError> for ApiError {
     fn from(e: NameError) -> Self {
         ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<ConnectionRefusal> for ApiError {
+    fn from(refusal: ConnectionRefusal) -> Self {
+        match refusal {
+            ConnectionRefusal::Total(max) => ApiError::TooManyConnections(max),
+            ConnectionRefusal::PerIp(max) => ApiError::TooManyFromAddress(max),
+        }
     }
 }
 
