@@ -47,7 +47,15 @@ impl Stacks {
 
     /// flask-sse's subscribers of `channel` in Redis (sigrelay's pattern is never among them).
     async fn numsub(&self, channel: &str) -> u64 {
-        let mut conn = self.redis.client().await;
+        // Patient: three of these stacks may be starting at once on two cores.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(WAIT))
+            .set_response_timeout(Some(WAIT));
+        let mut conn = redis::Client::open(self.redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap();
         let (_, n): (String, u64) = redis::cmd("PUBSUB")
             .arg("NUMSUB")
             .arg(channel)
