@@ -1,7 +1,7 @@
 //! Migrating a running Flask + flask-sse deployment (issue 13): the seed's own app
 //! (`tests/seed/app.py`, the real flask-sse from PyPI under gunicorn's gevent worker) and the
-//! `sigrelay` binary with `--redis URL --redis-format flask-sse` on one redis-server, as README's
-//! "Migrating from the Flask app" runs them. Bodies cross both ways exactly once, byte for byte;
+//! `sigrelay` binary started with README's "Migrating from the Flask app" command (read from
+//! README.md; only the addresses replaced), on one redis-server. Bodies cross both ways exactly once, byte for byte;
 //! sigrelay's presence counts the Flask side's subscribers (never as peers), and capacity is
 //! unchanged.
 //!
@@ -24,20 +24,42 @@ struct Stacks {
     sigrelay: Binary,
 }
 
+/// README's "Migrating from the Flask app" sigrelay command, as arguments, with `--bind`'s value
+/// replaced by `127.0.0.1:0` and `--redis`'s by `redis_url` (so the README cannot drift from what
+/// these tests run).
+fn readme_command(redis_url: &str) -> Vec<String> {
+    const README: &str = include_str!("../README.md");
+    let section = &README[README
+        .find("\n### Migrating from the Flask app")
+        .expect("README has the migration section")..];
+    let block = &section[section.find("```sh\n").expect("a sh block")..];
+    let line = block
+        .lines()
+        .skip(1)
+        .take_while(|line| !line.starts_with("```"))
+        .find_map(|line| line.trim().strip_prefix("./sigrelay "))
+        .expect("the block starts sigrelay");
+    let mut args: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+    for (flag, value) in [("--bind", "127.0.0.1:0"), ("--redis", redis_url)] {
+        let at = args.iter().position(|a| a == flag).expect(flag) + 1;
+        args[at] = value.to_string();
+    }
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--redis-format", "flask-sse"]),
+        "README's command must use flask-sse's format: {args:?}"
+    );
+    args.push("--no-qr".into());
+    args
+}
+
 impl Stacks {
     fn start() -> Option<Stacks> {
         let redis = RedisServer::start()?;
         let flask = FlaskApp::start(&redis.url())?;
-        let url = redis.url();
-        let sigrelay = Binary::start(&[
-            "--bind",
-            "127.0.0.1:0",
-            "--no-qr",
-            "--redis",
-            &url,
-            "--redis-format",
-            "flask-sse",
-        ]);
+        let args = readme_command(&redis.url());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let sigrelay = Binary::start(&args);
         Some(Stacks {
             redis,
             flask,
