@@ -15,6 +15,7 @@
 set -euo pipefail
 
 DIR=${ANCHORS_DIR:-/tmp/sigrelay-anchors}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 NCHAN_PORT=${NCHAN_PORT:-18081}
 SEED_PORT=${SEED_PORT:-18082}
 REDIS_PORT=${REDIS_PORT:-18079}
@@ -37,10 +38,7 @@ install() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             nginx libnginx-mod-nchan redis-server >/dev/null
     fi
-    if [ ! -x "$DIR/venv/bin/gunicorn" ]; then
-        python3 -m venv "$DIR/venv"
-        "$DIR/venv/bin/pip" install -q flask flask-sse redis gunicorn gevent packaging
-    fi
+    "$ROOT/tests/seed/venv.sh" "$DIR/venv"
 }
 
 start_nchan() {
@@ -83,21 +81,9 @@ start_seed() {
         --maxclients 19000 --daemonize yes --pidfile "$DIR/seed/redis.pid" \
         --logfile "$DIR/seed/redis.log"
     wait_port "127.0.0.1:$REDIS_PORT"
-    cat >"$DIR/seed/app.py" <<EOF
-from flask import Flask, request
-from flask_sse import sse
-
-app = Flask(__name__)
-app.config["REDIS_URL"] = "redis://127.0.0.1:$REDIS_PORT"
-app.register_blueprint(sse, url_prefix="/stream")
-
-
-@app.route("/channel/send/<channel>/<type>", methods=["POST"])
-def send(channel, type):
-    sse.publish({"message": request.get_data(as_text=True)}, type=type, channel=channel)
-    return "ok"
-EOF
-    (cd "$DIR/seed" && ulimit -n 20000 && "$DIR/venv/bin/gunicorn" -k gevent \
+    # The seed's app as the migration tests run it (tests/seed/app.py).
+    (cd "$DIR/seed" && ulimit -n 20000 && REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+        "$DIR/venv/bin/gunicorn" -k gevent --chdir "$ROOT/tests/seed" --no-control-socket \
         -w "$SEED_WORKERS" --worker-connections 19000 -b "127.0.0.1:$SEED_PORT" \
         --daemon --pid "$DIR/seed/gunicorn.pid" --log-file "$DIR/seed/gunicorn.log" app:app)
     wait_port "127.0.0.1:$SEED_PORT"

@@ -18,6 +18,13 @@
 //!   heartbeat reads all of its rooms), so a dead instance's subscribers stop counting, and its
 //!   places go from held to kept (for `--peer-grace`, so their pages can come back through
 //!   another instance with their tokens), within four heartbeats (20 s by default).
+//! - With `--redis-format flask-sse`, presence's `subscribers` (and a publish's count) also
+//!   counts the Flask app's streams on the channel: each is its own `SUBSCRIBE` to the channel's
+//!   name, counted by `PUBSUB NUMSUB` inside the join, sync and publish scripts (ours listen
+//!   through a pattern, which NUMSUB does not count). They never take a place (`peers`). As
+//!   they come and go without telling us, an instance polls NUMSUB for the rooms it has streams
+//!   in every second and re-syncs a room whose count changed; the last count announced is kept
+//!   in the room's counts, so one instance announces a change, not each.
 //! - The peer-token secret, when `--peer-secret` is not given, is `sigrelay:peer-secret`: the
 //!   first instance stores a random one (`SET NX`), every other reads it, and each instance
 //!   stores it again (`NX`) at every heartbeat, so a Redis that restarted empty gets it back
@@ -26,7 +33,7 @@
 //!   delivered), open streams stay open, the listener reconnects with backoff, then catches up on
 //!   what was published meanwhile (from history) and re-registers its streams.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -57,6 +64,11 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 /// The prefix of every key and pub/sub channel sigrelay uses.
 const PREFIX: &str = "sigrelay:";
 const CONTROL: &str = "sigrelay:ctl";
+/// How often (`--redis-format flask-sse`) the flask-sse subscribers of the rooms this instance
+/// has streams in are counted; a change is announced as presence.
+const FOREIGN_POLL: Duration = Duration::from_secs(1);
+/// Channels asked about in one `PUBSUB NUMSUB`.
+const NUMSUB_BATCH: usize = 1000;
 /// Where the shared peer-token secret is kept (never expires).
 const SECRET_KEY: &str = "sigrelay:peer-secret";
 
@@ -134,6 +146,37 @@ local function count_held(key)
   end
   return held
 end
+-- Subscribers of another stack on the same Redis (--redis-format flask-sse): each flask-sse
+-- stream is its own SUBSCRIBE to the channel NAME, which PUBSUB NUMSUB counts. sigrelay's
+-- instances listen through one pattern (PSUBSCRIBE), which NUMSUB never counts, so nothing of
+-- ours is in it. NAME is '' in the native format: no foreign subscribers.
+local FOREIGN = 'flask-sse'
+local function foreign_streams(name)
+  if name == '' then return 0 end
+  return tonumber(redis.call('PUBSUB', 'NUMSUB', name)[2])
+end
+-- Every stream on the room: each instance's count (the FOREIGN field is only the count last
+-- announced, see note_foreign) plus `foreign`, the foreign streams now.
+local function count_streams(key, foreign)
+  local n = foreign
+  local counts = redis.call('HGETALL', key)
+  for i = 1, #counts, 2 do
+    if counts[i] ~= FOREIGN then n = n + tonumber(counts[i + 1]) end
+  end
+  return n
+end
+-- Keeps the foreign count last announced in the room's counts, so that of the instances that
+-- poll it only the first to see a change announces it; true when it changed.
+local function note_foreign(key, foreign, ttl)
+  if foreign == tonumber(redis.call('HGET', key, FOREIGN) or '0') then return false end
+  if foreign == 0 then
+    redis.call('HDEL', key, FOREIGN)
+  else
+    redis.call('HSET', key, FOREIGN, foreign)
+    redis.call('PEXPIRE', key, ttl)
+  end
+  return true
+end
 "#;
 
 /// Publish: check the sender's claim (if any), assign the next id, keep it in history (moving
@@ -141,7 +184,7 @@ end
 const PUBLISH_LUA: &str = r#"
 -- KEYS: id counter, history, floor, pub/sub channel, subscriber counts, peers
 -- ARGV: now (µs), history length, history ttl (ms), payload head, payload tail, stored tail,
---       sender peer or '', sender claim
+--       sender peer or '', sender claim, flask-sse channel name or ''
 if ARGV[7] ~= '' then
   local current = redis.call('HGET', KEYS[6], ARGV[7])
   local claim, holder, rest
@@ -175,9 +218,7 @@ else
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
 redis.call('PUBLISH', KEYS[4], ARGV[4] .. sid .. ARGV[5])
-local subscribers = 0
-for _, n in ipairs(redis.call('HVALS', KEYS[5])) do subscribers = subscribers + tonumber(n) end
-return {id, subscribers}
+return {id, count_streams(KEYS[5], foreign_streams(ARGV[9]))}
 "#;
 
 /// Join: forget dead instances, take a free place (a new claim) or take over a held or kept
@@ -187,12 +228,12 @@ const JOIN_LUA: &str = r#"
 -- KEYS: subscriber counts, peers, history, floor, id counter, event channel, control channel
 -- ARGV: instance, subscription, peer or '', capacity, local count, replay (1/0),
 --       alive key prefix, room key ttl (ms), channel name, proven claim or '', new claim,
---       peer grace (ms)
+--       peer grace (ms), flask-sse channel name or ''
 local inst = ARGV[1]
 local function alive(i) return i == inst or redis.call('EXISTS', ARGV[7] .. i) == 1 end
 local counts = redis.call('HGETALL', KEYS[1])
 for i = 1, #counts, 2 do
-  if not alive(counts[i]) then redis.call('HDEL', KEYS[1], counts[i]) end
+  if counts[i] ~= FOREIGN and not alive(counts[i]) then redis.call('HDEL', KEYS[1], counts[i]) end
 end
 local held, taken = tidy(KEYS[2], alive, now_ms(), tonumber(ARGV[12]))
 local claim = ''
@@ -216,10 +257,11 @@ if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[2], ARGV[3], claim .. ' ' .. inst .. ' ' .. ARGV[2])
 end
 redis.call('HSET', KEYS[1], inst, ARGV[5])
+local foreign = foreign_streams(ARGV[13])
+note_foreign(KEYS[1], foreign, ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
-local subscribers = 0
-for _, n in ipairs(redis.call('HVALS', KEYS[1])) do subscribers = subscribers + tonumber(n) end
+local subscribers = count_streams(KEYS[1], foreign)
 redis.call('PUBLISH', KEYS[6], 'p' .. subscribers .. ' ' .. held)
 local newest = redis.call('GET', KEYS[5]) or '0'
 local floor = redis.call('GET', KEYS[4]) or newest
@@ -236,17 +278,20 @@ return {'ok', newest, floor, entries, claim}
 const SYNC_LUA: &str = r#"
 -- KEYS: subscriber counts, peers, history, floor, event channel
 -- ARGV: instance, local count, alive key prefix, room key ttl (ms), history ttl (ms),
---       peer grace (ms), then peer, subscription, claim triples held here
+--       peer grace (ms), flask-sse channel name or '', then peer, subscription, claim
+--       triples held here
 local inst = ARGV[1]
 local function alive(i) return i == inst or redis.call('EXISTS', ARGV[3] .. i) == 1 end
 local now = now_ms()
 local grace = tonumber(ARGV[6])
 local changed = false
 local want = {}
-for i = 7, #ARGV, 3 do want[ARGV[i]] = ARGV[i + 2] .. ' ' .. inst .. ' ' .. ARGV[i + 1] end
+for i = 8, #ARGV, 3 do want[ARGV[i]] = ARGV[i + 2] .. ' ' .. inst .. ' ' .. ARGV[i + 1] end
 local counts = redis.call('HGETALL', KEYS[1])
 for i = 1, #counts, 2 do
-  if not alive(counts[i]) then redis.call('HDEL', KEYS[1], counts[i]); changed = true end
+  if counts[i] ~= FOREIGN and not alive(counts[i]) then
+    redis.call('HDEL', KEYS[1], counts[i]); changed = true
+  end
 end
 local held_before = count_held(KEYS[2])
 tidy(KEYS[2], alive, now, grace)
@@ -277,9 +322,10 @@ else
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
   redis.call('PEXPIRE', KEYS[4], ARGV[5])
 end
+local foreign = foreign_streams(ARGV[7])
+if note_foreign(KEYS[1], foreign, ARGV[4]) then changed = true end
 if changed then
-  local subscribers = 0
-  for _, n in ipairs(redis.call('HVALS', KEYS[1])) do subscribers = subscribers + tonumber(n) end
+  local subscribers = count_streams(KEYS[1], foreign)
   redis.call('PUBLISH', KEYS[5], 'p' .. subscribers .. ' ' .. count_held(KEYS[2]))
 end
 return changed and 1 or 0
@@ -470,7 +516,8 @@ impl RedisHub {
             .arg(payload_tail)
             .arg(tail.as_bytes())
             .arg(sender.map_or("", |(peer, _)| peer.as_str()))
-            .arg(sender.map_or(String::new(), |(_, claim)| claim.to_text()));
+            .arg(sender.map_or(String::new(), |(_, claim)| claim.to_text()))
+            .arg(link.foreign_name(channel));
         let (id, subscribers): (i64, i64) = within(call.invoke_async(&mut conn))
             .await
             .map_err(HubError::Unavailable)?;
@@ -524,7 +571,8 @@ impl RedisHub {
                     .map_or(String::new(), Claim::to_text),
             )
             .arg(Claim::random().to_text())
-            .arg(link.settings.peer_grace.as_millis() as u64);
+            .arg(link.settings.peer_grace.as_millis() as u64)
+            .arg(link.foreign_name(channel));
         let reply: Value = within(call.invoke_async(&mut conn))
             .await
             .map_err(HubError::Unavailable)?;
@@ -620,6 +668,16 @@ impl Link {
         };
         within(pubsub.psubscribe(pattern)).await?;
         Ok(pubsub)
+    }
+
+    /// The pub/sub channel whose own subscribers (`PUBSUB NUMSUB`) are another stack's streams
+    /// on `channel`, counted in its presence: flask-sse's, on the channel's own name; none
+    /// (`""`) in the native format.
+    fn foreign_name<'a>(&self, channel: &'a ChannelName) -> &'a str {
+        match self.format {
+            RedisFormat::Native => "",
+            RedisFormat::FlaskSse => channel.as_str(),
+        }
     }
 
     fn set_ready(&self, ready: bool, trouble: Option<String>) {
@@ -754,9 +812,19 @@ impl Link {
         let mut tick = tokio::time::interval(self.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty: HashSet<ChannelName> = HashSet::new();
+        let mut poll = tokio::time::interval(FOREIGN_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut foreign: HashMap<ChannelName, u64> = HashMap::new();
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
+                _ = poll.tick(), if self.format == RedisFormat::FlaskSse => {
+                    if self.ready.load(Ordering::Acquire) {
+                        if let Err(e) = self.poll_foreign(&local, &mut foreign, &mut dirty).await {
+                            tracing::debug!(error = %e, "counting flask-sse's subscribers failed");
+                        }
+                    }
+                }
                 Some(channel) = left.recv() => {
                     dirty.insert(channel);
                     while let Ok(channel) = left.try_recv() {
@@ -787,6 +855,48 @@ impl Link {
             ::redis::cmd("DEL").arg(alive).query_async(&mut conn),
         )
         .await;
+    }
+
+    /// flask-sse's streams come and go without a word to us: asks Redis how many subscribe to
+    /// each room this instance has streams in (`PUBSUB NUMSUB`, [`NUMSUB_BATCH`] names a round
+    /// trip), and marks `dirty` the rooms whose count differs from the last poll's (`seen`),
+    /// whose sync then announces the new presence.
+    async fn poll_foreign(
+        &self,
+        local: &memory::Hub,
+        seen: &mut HashMap<ChannelName, u64>,
+        dirty: &mut HashSet<ChannelName>,
+    ) -> Result<(), String> {
+        let names: Vec<ChannelName> = local
+            .channel_names()
+            .into_iter()
+            .filter(|name| local.local_room(name).is_some_and(|r| r.subscribers > 0))
+            .collect();
+        let mut now = HashMap::new();
+        for batch in names.chunks(NUMSUB_BATCH) {
+            let mut conn = self.conn.clone();
+            let mut numsub = ::redis::cmd("PUBSUB");
+            numsub.arg("NUMSUB");
+            for name in batch {
+                numsub.arg(name.as_str());
+            }
+            // [name, count, name, count, ...] in the order asked.
+            let reply: Vec<Value> = within(numsub.query_async(&mut conn)).await?;
+            let counts = reply.chunks(2).map(|pair| match pair.get(1) {
+                Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+                _ => 0,
+            });
+            for (name, count) in batch.iter().zip(counts) {
+                if seen.get(name).copied().unwrap_or(0) != count {
+                    dirty.insert(name.clone());
+                }
+                if count > 0 {
+                    now.insert(name.clone(), count);
+                }
+            }
+        }
+        *seen = now;
+        Ok(())
     }
 
     /// Refreshes the liveness key, then syncs `names`.
@@ -870,7 +980,8 @@ impl Link {
             .arg("sigrelay:alive:")
             .arg(self.room_ttl_ms())
             .arg(self.settings.history_ttl.as_millis() as u64)
-            .arg(self.settings.peer_grace.as_millis() as u64);
+            .arg(self.settings.peer_grace.as_millis() as u64)
+            .arg(self.foreign_name(channel));
         for (peer, subscription, claim) in &room.peers {
             call.arg(peer.as_str())
                 .arg(*subscription)

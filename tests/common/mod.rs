@@ -4,6 +4,7 @@
 
 pub mod nginx;
 pub mod redis_server;
+pub mod seed;
 
 use std::net::SocketAddr;
 use std::time::Duration;
