@@ -8,7 +8,8 @@
 //! - [`cli`] / [`config`]: the raw command line, and the validated [`Config`] built from it.
 //! - [`shutdown`]: SIGINT/SIGTERM → one `CancellationToken`.
 //! - [`server`]: accept loops, TLS handshakes, hyper connections, graceful drain; [`tls`]: the
-//!   certificate (given, or generated once and reused) and rustls settings.
+//!   certificate (given, or issued by a local CA made once and reused) and rustls settings;
+//!   [`trust`]: the CA's downloads for `/trust` (`.crt`, `.pem`, iOS `.mobileconfig`).
 //! - [`http`]: the route table and the endpoints; [`error`]: errors → status + JSON, in one place.
 //! - [`ice`]: built-in STUN/TURN (a packet filter in front of the `turn` crate: quotas,
 //!   forbidden peers, bounded unauthenticated traffic) and the TURN credentials of `/config`.
@@ -37,6 +38,7 @@ pub mod shutdown;
 pub mod sse;
 pub mod tls;
 pub mod trim;
+pub mod trust;
 
 use std::sync::Arc;
 

@@ -39,8 +39,15 @@ pub const CREDENTIAL_TTL: Duration = Duration::from_secs(12 * 3600);
 /// The STUN/TURN settings, from the validated config.
 #[derive(Debug, Clone)]
 pub struct IceSettings {
-    /// Where the STUN/TURN UDP socket listens (`--stun` / `--turn`).
+    /// Where the STUN/TURN UDP socket listens: `--stun`, or by default the first `--bind`
+    /// address (its port number, over UDP); `None` with `--no-stun`.
     pub bind: Option<SocketAddr>,
+    /// The address is the default, not a `--stun` given: when it is taken, `main` warns and
+    /// takes a free port instead (then goes without STUN), rather than failing the start.
+    pub bind_fallback: bool,
+    /// TURN over TCP: the HTTP port it is served on (the first listener's), set at start
+    /// when TURN is on.
+    pub tcp_port: Option<u16>,
     /// Relay allocations too (TURN), not only Binding answers (STUN).
     pub turn: bool,
     /// The address relayed media is sent from and advertised as.
@@ -67,6 +74,8 @@ impl Default for IceSettings {
     fn default() -> Self {
         IceSettings {
             bind: None,
+            bind_fallback: false,
+            tcp_port: None,
             turn: false,
             relay_ip: None,
             secret: random_secret(),
