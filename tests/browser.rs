@@ -928,3 +928,4 @@ fn the_installed_local_ca_opens_https_without_a_warning_before_and_after_a_reiss
     drop(browsers);
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
