@@ -84,6 +84,11 @@ pub async fn run(
         Some(secret) => secret.clone(),
         None => hub.agree_secret(ice::random_secret()).await?,
     };
+    let mut config = config;
+    // TURN over TCP rides on the first HTTP port (connections starting with STUN).
+    if config.ice.turn {
+        config.ice.tcp_port = http_ports.first().copied();
+    }
     let config = Arc::new(config);
     let ice = match listeners.udp {
         Some(socket) => {
@@ -100,7 +105,8 @@ pub async fn run(
         None => None,
     };
     tokio::spawn(trim::run(hub.clone(), shutdown.clone()));
-    let app = http::App::new(hub, config, &peer_secret);
+    let mut app = http::App::new(hub, config, &peer_secret);
+    app.turn_tcp = ice.as_ref().and_then(ice::IceServer::tcp);
     server::serve(listeners.http, app, shutdown).await;
     if let Some(ice) = ice {
         ice.close().await;

@@ -105,7 +105,11 @@ async fn stun_port(addr: std::net::SocketAddr) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread")]
 async fn stun_is_on_by_default_on_the_http_port_and_a_taken_port_falls_back() {
     let (_guard, addr) = start(&["--bind", "127.0.0.1:0"]);
-    assert_eq!(stun_port(addr).await, Some(addr.port()), "the HTTP port's number");
+    assert_eq!(
+        stun_port(addr).await,
+        Some(addr.port()),
+        "the HTTP port's number"
+    );
     // It answers a Binding request there.
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -929,3 +929,47 @@ fn the_installed_local_ca_opens_https_without_a_warning_before_and_after_a_reiss
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
+/// Issue 17: a call forced through TURN over TCP (`?relay=1&tcp=1`: relay candidates only,
+/// and the only TURN URL the page keeps is `turn:HOST:HTTP_PORT?transport=tcp`), so nothing
+/// goes between the browsers and the server over UDP: it connects, relayed, with moving video,
+/// and the server saw TURN clients over TCP on its HTTP port.
+#[test]
+fn a_call_forced_through_turn_over_tcp_connects() {
+    let Some(browsers) = Browsers::get("turn_tcp") else {
+        return;
+    };
+    let creator = browsers.person("creator");
+    let joiner = browsers.person("joiner");
+    let server = Server::start(&["--turn", "--turn-relay-ip", "127.0.0.1"]);
+    open_room(&server.url, &creator, &joiner, "tcp", "relay=1&tcp=1");
+    for person in [&creator, &joiner] {
+        person.wait_state("connected");
+    }
+    for person in [&creator, &joiner] {
+        person.wait_remote_video_moving();
+        wait_path(person, "relayed");
+    }
+    let opened = server
+        .log()
+        .matches("TURN over TCP connection opened")
+        .count();
+    assert!(opened >= 2, "no TURN over TCP clients:\n{}", server.log());
+    let relay = creator.exec(
+        "const config = await (await fetch('/config?room=x')).json();
+         return config.iceServers.map((s) => s.urls);",
+        vec![],
+    );
+    let port = server.url.rsplit(':').next().unwrap();
+    assert!(
+        relay
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u.as_str() == Some(&format!("turn:127.0.0.1:{port}?transport=tcp"))),
+        "{relay:#}"
+    );
+    for person in [&creator, &joiner] {
+        assert_no_console_errors(person);
+    }
+    keep_screenshot(&joiner, "turn-tcp");
+}

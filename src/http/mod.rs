@@ -94,6 +94,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Signs the peer tokens streams hand out and checks the ones publishes present.
     pub peers: Arc<PeerTokens>,
+    /// TURN over TCP, when on: connections that open with a STUN message go there.
+    pub turn_tcp: Option<Arc<crate::ice::tcp::TcpMux>>,
 }
 
 impl App {
@@ -108,6 +110,7 @@ impl App {
             post_limiter,
             metrics,
             peers,
+            turn_tcp: None,
         }
     }
 
