@@ -282,6 +282,8 @@ async function loadConfig() {
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const config = await response.json();
     if (Array.isArray(config.iceServers)) iceServers = config.iceServers;
+    // --- issue 17 test switch `?tcp=1`: TURN over TCP only (UDP to the server unused). ---
+    if (params.get('tcp') === '1') iceServers = iceServers.filter((s) => String(s.urls).endsWith('?transport=tcp'));
   } catch (error) {
     console.warn('sigrelay: no /config, using no ICE servers (fine on one network):', error);
   }

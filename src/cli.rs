@@ -153,13 +153,23 @@ pub struct Cli {
     )]
     pub ice_server: Vec<String>,
 
-    /// Answer STUN Binding requests (RFC 8489) on this UDP address [default: 0.0.0.0:3478],
-    /// and tell the pages to use it.
-    #[arg(long, value_name = "ADDR", env = "SIGRELAY_STUN", num_args = 0..=1, default_missing_value = "0.0.0.0:3478")]
+    /// Answer STUN Binding requests (RFC 8489) on this UDP address instead of the default, and
+    /// tell the pages to use it; `--stun` alone means 0.0.0.0:3478. By default STUN is on, over
+    /// UDP on the address and port number of the first --bind (a port in use gets a warning and
+    /// a free port instead): it gives each browser its real address, which browsers otherwise
+    /// hide behind mDNS names that phones cannot resolve. A given address that cannot be bound
+    /// fails the start.
+    #[arg(long, value_name = "ADDR", env = "SIGRELAY_STUN", num_args = 0..=1, default_missing_value = "0.0.0.0:3478", conflicts_with = "no_stun")]
     pub stun: Option<SocketAddr>,
 
+    /// Turn the built-in STUN off (and TURN with it): the pages then get no STUN server but
+    /// --ice-server ones.
+    #[arg(long = "no-stun", env = "SIGRELAY_NO_STUN", conflicts_with = "turn")]
+    pub no_stun: bool,
+
     /// Also relay media (TURN) on the STUN socket, for networks where browsers cannot reach each
-    /// other directly (client isolation on Wi-Fi). Pages get short-lived credentials from
+    /// other directly (client isolation on Wi-Fi), and over TCP on the HTTP port for networks
+    /// that block UDP (turn:HOST:PORT?transport=tcp). Pages get short-lived credentials from
     /// GET /config.
     #[arg(long, env = "SIGRELAY_TURN")]
     pub turn: bool,
@@ -369,10 +379,11 @@ pub struct Cli {
     pub peer_grace: f64,
 
     /// Serve HTTPS (HTTP/2 and HTTP/1.1) instead of plain HTTP, which browsers need before they
-    /// allow the camera anywhere but localhost. Without --cert/--key a self-signed certificate
-    /// for this machine's names and addresses is made once, kept in --tls-dir and reused, so
-    /// each browser warns only the first time. Plain-http requests on the same port are
-    /// redirected to https.
+    /// allow the camera anywhere but localhost. Without --cert/--key a local certificate
+    /// authority is made once and kept in --tls-dir; it signs a certificate for this machine's
+    /// names and addresses (re-issued when they change). Each device installs the CA once from
+    /// http://HOST:PORT/trust and then sees no warning. Plain-http requests on the same port are
+    /// redirected to https, except /trust.
     #[arg(long, env = "SIGRELAY_TLS")]
     pub tls: bool,
 
@@ -384,10 +395,20 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", env = "SIGRELAY_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
 
-    /// Where the generated certificate is kept [default: $XDG_DATA_HOME/sigrelay, or
+    /// Where the local CA and the generated certificate are kept [default: $XDG_DATA_HOME/sigrelay, or
     /// ~/.local/share/sigrelay].
     #[arg(long = "tls-dir", value_name = "DIR", env = "SIGRELAY_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
+
+    /// Another name (DNS name or address) the generated certificate must cover besides this
+    /// machine's own, e.g. a name the classroom router gives it; repeat for several.
+    #[arg(
+        long = "tls-name",
+        value_name = "NAME",
+        env = "SIGRELAY_TLS_NAME",
+        value_delimiter = ','
+    )]
+    pub tls_name: Vec<String>,
 
     /// Do not draw the QR code of the LAN address at start-up.
     #[arg(long = "no-qr", env = "SIGRELAY_NO_QR")]

@@ -166,8 +166,25 @@ impl TryFrom<Cli> for Config {
             (true, Some(cert), Some(key)) => Some(CertSource::Files { cert, key }),
             (true, _, _) => Some(CertSource::Generated {
                 dir: cli.tls_dir.unwrap_or_else(crate::tls::default_dir),
+                names: cli.tls_name.clone(),
             }),
         };
+        if !cli.tls_name.is_empty() && !matches!(tls_source, Some(CertSource::Generated { .. })) {
+            return Err(ConfigError(
+                "--tls-name needs --tls without --cert/--key".into(),
+            ));
+        }
+        for name in &cli.tls_name {
+            let dns = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-*".contains(&b));
+            if !(dns || name.parse::<IpAddr>().is_ok()) {
+                return Err(ConfigError(format!(
+                    "--tls-name {name:?} is not a DNS name or an IP address"
+                )));
+            }
+        }
         for origin in &cli.cors_origin {
             let ok = origin == "*"
                 || ((origin.starts_with("http://") || origin.starts_with("https://"))
@@ -199,6 +216,7 @@ impl TryFrom<Cli> for Config {
         if cli.peer_secret.as_deref() == Some("") {
             return Err(ConfigError("--peer-secret must not be empty".into()));
         }
+        let first_bind = cli.bind[0];
         let trusted_proxies = cli
             .trusted_proxy
             .iter()
@@ -251,9 +269,15 @@ impl TryFrom<Cli> for Config {
             max_body: cli.max_body,
             keepalive: seconds("keepalive", cli.keepalive, 0.05, 3600.0)?,
             ice: IceSettings {
-                bind: cli
-                    .stun
-                    .or(cli.turn.then(|| SocketAddr::from(([0, 0, 0, 0], 3478)))),
+                // Given: that address or a failed start. Default: the first HTTP address's
+                // port number over UDP, with a fallback (see `IceSettings::bind_fallback`).
+                bind: match (cli.no_stun, cli.stun) {
+                    (true, _) => None,
+                    (false, Some(addr)) => Some(addr),
+                    (false, None) => Some(first_bind),
+                },
+                bind_fallback: cli.stun.is_none(),
+                tcp_port: None,
                 turn: cli.turn,
                 relay_ip: cli.turn_relay_ip,
                 secret: match cli.turn_secret {

@@ -7,11 +7,11 @@
 //! Each arrow reads "imports"; nothing imports back up the list, so there is no cycle:
 //! - `main` → [`cli`], [`config`], [`tls`], [`shutdown`], then [`run`] → [`server`], [`http`],
 //!   [`hub`], [`ice`], [`trim`].
-//! - [`server`] → [`http`], [`limits`], [`tls`]: accept loops, connection limits, TLS
+//! - [`server`] → [`http`], [`ice`] (TURN over TCP shares the HTTP port), [`limits`], [`tls`]: accept loops, connection limits, TLS
 //!   handshakes, hyper connections, graceful drain. Each plain-http connection goes to
 //!   [`http::fast`] first (everything served outside hyper, with its contract), then to hyper.
 //! - [`http`] → [`hub`], [`peers`], [`limits`], [`metrics`], [`assets`], [`sse`], [`names`],
-//!   [`ice`] (credentials for `/config`), [`config`]: the route table, one admission function
+//!   [`ice`] (credentials for `/config`), [`trust`] (the CA's downloads for `/trust`), [`config`]: the route table, one admission function
 //!   per relay endpoint (called by the routes and by `http::fast` alike), the endpoints,
 //!   `http::error` (every error → status + one-line JSON), `http::forwarded` (the real client
 //!   behind a `--trusted-proxy`).
@@ -22,11 +22,13 @@
 //! - [`ice`] → [`limits`], [`names`]: built-in STUN/TURN (a packet filter in front of the
 //!   `turn` crate: quotas, forbidden peers, bounded unauthenticated traffic) and the TURN
 //!   credentials of `/config`.
+//! - [`trust`] → [`tls`]: the local CA as `.crt`, `.pem` and an iOS `.mobileconfig`.
 //! - [`peers`] → [`names`]: peer claims and their tokens; [`sse`] → [`names`]: frame encoding.
 //! - [`config`] → [`cli`] and the settings types of [`hub`], [`ice`], [`tls`]: the validated
 //!   [`Config`]; nothing else sees the raw command line.
 //! - Leaves: [`names`] (validated channel/type/peer names), [`assets`] (the embedded pages),
-//!   [`tls`] (the certificate, given or generated and kept; rustls settings), [`limits`]
+//!   [`tls`] (the certificate, given or issued by a local CA made once and kept; rustls
+//!   settings), [`limits`]
 //!   (connections per client and in total, token buckets), [`shutdown`] (SIGINT/SIGTERM → one
 //!   `CancellationToken`), `sync` (the one `lock()`).
 
@@ -46,6 +48,7 @@ pub mod sse;
 mod sync;
 pub mod tls;
 pub mod trim;
+pub mod trust;
 
 use std::sync::Arc;
 
@@ -91,6 +94,11 @@ pub async fn run(
         Some(secret) => secret.clone(),
         None => hub.agree_secret(ice::random_secret()).await?,
     };
+    let mut config = config;
+    // TURN over TCP rides on the first HTTP port (connections starting with STUN).
+    if config.ice.turn {
+        config.ice.tcp_port = http_ports.first().copied();
+    }
     let config = Arc::new(config);
     let ice = match listeners.udp {
         Some(socket) => {
@@ -107,7 +115,8 @@ pub async fn run(
         None => None,
     };
     tokio::spawn(trim::run(hub.clone(), shutdown.clone()));
-    let app = http::App::new(hub, config, &peer_secret);
+    let mut app = http::App::new(hub, config, &peer_secret);
+    app.turn_tcp = ice.as_ref().and_then(ice::IceServer::tcp);
     server::serve(listeners.http, app, shutdown).await;
     if let Some(ice) = ice {
         ice.close().await;

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -50,22 +50,25 @@ fn main() -> ExitCode {
                 }
             }
         }
-        let udp = match config.ice.bind {
-            Some(addr) => match tokio::net::UdpSocket::bind(addr).await {
-                Ok(socket) => {
-                    // Pages must be told the port actually bound (`--stun 127.0.0.1:0`).
-                    if let Ok(bound) = socket.local_addr() {
-                        config.ice.bind = Some(bound);
-                    }
-                    Some(socket)
-                }
-                Err(e) => {
-                    eprintln!("sigrelay: cannot listen for STUN/TURN on udp {addr}: {e}");
-                    return ExitCode::FAILURE;
-                }
-            },
-            None => None,
+        // The default STUN port is the HTTP port's number: the one the kernel chose for `:0`.
+        if let (true, Some(stun), Some(http)) = (
+            config.ice.bind_fallback,
+            config.ice.bind.as_mut(),
+            listeners.first().and_then(|l| l.local_addr().ok()),
+        ) {
+            if stun.port() == 0 {
+                stun.set_port(http.port());
+            }
+        }
+        let udp = match bind_udp(&config.ice).await {
+            Ok(udp) => udp,
+            Err(e) => {
+                eprintln!("sigrelay: {e}");
+                return ExitCode::FAILURE;
+            }
         };
+        // Pages must be told the port actually bound (`--stun 127.0.0.1:0`, a fallback).
+        config.ice.bind = udp.as_ref().and_then(|u| u.local_addr().ok());
         if let Some(source) = &config.tls_source {
             match tls::load(source) {
                 Ok(tls) => config.tls = Some(tls),
@@ -109,6 +112,37 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// The STUN/TURN socket. A `--stun` address given must bind or the start fails; the default
+/// (the HTTP port number over UDP) falls back to a free port, then to no STUN, with a warning
+/// each time, so a port taken by something else never stops the server.
+async fn bind_udp(ice: &sigrelay::ice::IceSettings) -> Result<Option<UdpSocket>, String> {
+    let Some(addr) = ice.bind else {
+        return Ok(None);
+    };
+    let err = match UdpSocket::bind(addr).await {
+        Ok(socket) => return Ok(Some(socket)),
+        Err(e) if !ice.bind_fallback => {
+            return Err(format!("cannot listen for STUN/TURN on udp {addr}: {e}"))
+        }
+        Err(e) => e,
+    };
+    let any = std::net::SocketAddr::new(addr.ip(), 0);
+    match UdpSocket::bind(any).await {
+        Ok(socket) => {
+            let at = socket.local_addr().map_or(any, |a| a);
+            tracing::warn!(
+                "STUN/TURN cannot use udp {addr} ({err}); using udp {at} instead \
+                 (give --stun ADDR to choose, --no-stun to turn it off)"
+            );
+            Ok(Some(socket))
+        }
+        Err(e) => {
+            tracing::warn!("STUN/TURN is off: cannot listen on udp {addr} ({err}) nor {any} ({e})");
+            Ok(None)
+        }
+    }
 }
 
 /// Raises the open-file soft limit to the hard limit. Every connection is a file descriptor,
@@ -181,32 +215,56 @@ fn banner(listeners: &[TcpListener], config: &Config) -> String {
             public.origin()
         ));
     }
+    // The first address that is not loopback is the one other devices can use.
+    let lan = urls
+        .iter()
+        .find(|u| !u.contains("://127.") && !u.contains("://[::1]"));
     if let Some(tls) = &config.tls {
         out.push_str(&format!(
             "TLS certificate ({}), SHA-256 fingerprint:\n  {}\n",
             tls.origin, tls.fingerprint
         ));
+        if let Some(ca) = &tls.ca {
+            // Plain http on the same port: a phone opens it before it trusts the CA.
+            let trust = lan
+                .or(urls.first())
+                .map(|u| format!("{}trust", u.replacen("https://", "http://", 1)));
+            out.push_str(&format!(
+                "Devices trust this server once (no warnings afterwards) from:\n  {}\n\
+                 Local CA {:?}, SHA-256 fingerprint (compare it on the device):\n  {}\n",
+                trust.as_deref().unwrap_or("http://HOST:PORT/trust"),
+                ca.name,
+                ca.fingerprint
+            ));
+            if let (true, Some(trust)) = (config.qr, trust.filter(|_| lan.is_some())) {
+                if let Some(art) = qr_art(&trust) {
+                    out.push_str(&format!("1. Scan to trust this server ({trust}):\n{art}\n"));
+                }
+            }
+        }
     } else {
         out.push_str(
             "Cameras work over plain http on localhost only; use --tls for other devices.\n",
         );
     }
-    // The first address that is not loopback is the one other devices can use.
-    let lan = urls
-        .iter()
-        .find(|u| !u.contains("://127.") && !u.contains("://[::1]"));
     if let (true, Some(lan)) = (config.qr, lan) {
-        if let Ok(code) = qrcode::QrCode::new(lan.as_bytes()) {
-            // Light modules drawn, dark ones left blank: right for the usual dark terminal.
-            let art = code
-                .render::<qrcode::render::unicode::Dense1x2>()
-                .dark_color(qrcode::render::unicode::Dense1x2::Light)
-                .light_color(qrcode::render::unicode::Dense1x2::Dark)
-                .quiet_zone(true)
-                .build();
+        if let Some(art) = qr_art(lan) {
             out.push_str(&format!("Scan to open {lan} on a phone:\n{art}\n"));
         }
     }
     out.push_str("Press Ctrl-C to stop.\n");
     out
+}
+
+/// `text` as a QR code in terminal characters: light modules drawn, dark ones left blank,
+/// right for the usual dark terminal.
+fn qr_art(text: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
+    Some(
+        code.render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
 }

@@ -53,13 +53,14 @@ pub struct Metrics {
 }
 
 /// Every value [`route_of`] gives.
-const ROUTES: [&str; 10] = [
+const ROUTES: [&str; 11] = [
     "stream",
     "index",
     "config",
     "healthz",
     "metrics",
     "qr",
+    "trust",
     "publish",
     "room_page",
     "assets",
@@ -255,6 +256,7 @@ pub fn route_of(path: &str) -> &'static str {
         "/healthz" => "healthz",
         "/metrics" => "metrics",
         "/qr.svg" => "qr",
+        _ if path == "/trust" || path.starts_with("/trust/") => "trust",
         _ if path.starts_with("/channel/send/") => "publish",
         _ if path.starts_with("/r/") => "room_page",
         _ if path.starts_with("/assets/") => "assets",

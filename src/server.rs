@@ -151,6 +151,19 @@ async fn connection(
     app: App,
     shutdown: CancellationToken,
 ) {
+    if let Some(turn) = app.turn_tcp.clone() {
+        // TURN over TCP shares the port: its first byte is a STUN message's, never HTTP's or
+        // TLS's. (Peeked only when TURN is on, so plain serving pays nothing otherwise.)
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(app.config.header_timeout, stream.peek(&mut first)).await {
+            Ok(Ok(1)) if crate::ice::tcp::is_stun_start(first[0]) => {
+                drop(watcher);
+                return turn.serve(stream, peer).await;
+            }
+            Ok(Ok(1)) => {}
+            _ => return,
+        }
+    }
     let Some(tls) = app.config.tls.clone() else {
         return plain_connection(stream, peer, builder, watcher, app, shutdown).await;
     };

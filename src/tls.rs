@@ -1,12 +1,13 @@
-//! HTTPS: the certificate (given with `--cert`/`--key`, or generated once and reused) and the
-//! rustls server configuration, with HTTP/2 offered through ALPN.
+//! HTTPS: the certificate (given with `--cert`/`--key`, or issued by a local CA made once and
+//! reused) and the rustls server configuration, with HTTP/2 offered through ALPN.
 //!
 //! Browsers only allow the camera in a secure context, and on a LAN that means HTTPS. A
-//! self-signed certificate is the zero-setup answer: each browser warns once, and the warning
-//! stays dismissed only if the certificate stays the same, so it is stored and reused rather
-//! than made anew at every start. It names `localhost`, the host name, `HOST.local` and every
-//! local address; when the machine gains an address the certificate is re-issued for the old
-//! names plus the new ones.
+//! self-signed certificate makes every phone warn, iOS Safari at every visit, and native apps
+//! refuse it. So `--tls` makes a local certificate authority once (kept in `--tls-dir`), which
+//! each device installs once from `/trust` (see `trust.rs`); the server certificate it signs
+//! names `localhost`, the host name, `HOST.local`, every local address and every `--tls-name`,
+//! and when the machine gains an address it is re-issued for the old names plus the new ones,
+//! by the same CA, so nothing has to be installed again.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -23,8 +24,20 @@ use rustls::ServerConfig;
 pub enum CertSource {
     /// PEM files given by the user.
     Files { cert: PathBuf, key: PathBuf },
-    /// Generated on first use and kept in this directory.
-    Generated { dir: PathBuf },
+    /// Issued by a local CA, both made on first use and kept in `dir`; `names` are named
+    /// in the certificate besides this machine's own (`--tls-name`).
+    Generated { dir: PathBuf, names: Vec<String> },
+}
+
+/// The local CA that signs a generated certificate, as devices download it from `/trust`.
+#[derive(Debug, Clone)]
+pub struct Ca {
+    pub der: CertificateDer<'static>,
+    pub pem: String,
+    /// SHA-256 of the DER, `AB:CD:...`: what a person compares on the phone.
+    pub fingerprint: String,
+    /// Its common name, as phones list it.
+    pub name: String,
 }
 
 /// The loaded TLS setup, ready for the accept loop.
@@ -33,10 +46,12 @@ pub struct Tls {
     pub config: Arc<ServerConfig>,
     /// SHA-256 of the leaf certificate, `AB:CD:...`, for people to compare with the browser's.
     pub fingerprint: String,
-    /// The leaf certificate, DER (tests trust exactly this).
+    /// The leaf certificate, DER.
     pub certificate: CertificateDer<'static>,
     /// What happened at start-up, for the banner: "generated", "reused" or the file given.
     pub origin: String,
+    /// The local CA of a generated certificate; `None` with `--cert`/`--key`.
+    pub ca: Option<Ca>,
 }
 
 impl fmt::Debug for Tls {
@@ -45,6 +60,16 @@ impl fmt::Debug for Tls {
             .field("fingerprint", &self.fingerprint)
             .field("origin", &self.origin)
             .finish()
+    }
+}
+
+impl Tls {
+    /// What a client must trust to reach us (tests trust exactly this): the local CA, or
+    /// the certificate given with `--cert` (self-signed or not, it is taken as an anchor).
+    pub fn anchor(&self) -> CertificateDer<'static> {
+        self.ca
+            .as_ref()
+            .map_or_else(|| self.certificate.clone(), |ca| ca.der.clone())
     }
 }
 
@@ -74,14 +99,17 @@ pub fn default_dir() -> PathBuf {
 
 /// Loads or generates the certificate and builds the server configuration.
 pub fn load(source: &CertSource) -> Result<Tls, TlsError> {
-    let (chain, key, origin) = match source {
+    let (chain, key, origin, ca) = match source {
         CertSource::Files { cert, key } => {
             let chain = read_chain(cert)?;
             let key = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| TlsError(format!("--key {}: {e}", key.display())))?;
-            (chain, key, format!("from {}", cert.display()))
+            (chain, key, format!("from {}", cert.display()), None)
         }
-        CertSource::Generated { dir } => generated(dir)?,
+        CertSource::Generated { dir, names } => {
+            let (chain, key, origin, ca) = generated(dir, names)?;
+            (chain, key, origin, Some(ca))
+        }
     };
     let certificate = chain[0].clone();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -98,6 +126,7 @@ pub fn load(source: &CertSource) -> Result<Tls, TlsError> {
         fingerprint: fingerprint(&certificate),
         certificate,
         origin,
+        ca,
     })
 }
 
@@ -133,28 +162,196 @@ fn local_names() -> BTreeSet<String> {
     names
 }
 
-/// Reuses `dir/cert.pem` + `dir/key.pem` when they cover every current name; otherwise issues a
-/// new certificate for the old names plus the current ones (and says so).
+/// The files of a generated setup in `--tls-dir`.
+struct Files {
+    ca_cert: PathBuf,
+    ca_key: PathBuf,
+    ca_name: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    names: PathBuf,
+    expires: PathBuf,
+}
+
+impl Files {
+    fn in_dir(dir: &Path) -> Files {
+        Files {
+            ca_cert: dir.join("ca.pem"),
+            ca_key: dir.join("ca-key.pem"),
+            ca_name: dir.join("ca-name.txt"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            names: dir.join("names.txt"),
+            expires: dir.join("expires.txt"),
+        }
+    }
+}
+
+/// The server certificate's lifetime. Apple platforms refuse a TLS certificate valid for
+/// more than 825 days even under a CA the user installed; it is re-issued (by the same CA,
+/// so nobody installs anything again) once fewer than [`RENEW_BEFORE_DAYS`] are left.
+const LEAF_DAYS: i64 = 800;
+const RENEW_BEFORE_DAYS: i64 = 30;
+
+/// The local CA: made once, kept in `--tls-dir`, and installed once by every device (from
+/// `/trust`); it signs the server certificate for whatever names the machine has.
+struct Authority {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pem: String,
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|e| TlsError(format!("{}: {e}", path.display())))
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    std::fs::write(path, bytes)
+        .map_err(|e| TlsError(format!("cannot write {}: {e}", path.display())))
+}
+
+fn rcgen_error(e: rcgen::Error) -> TlsError {
+    TlsError(e.to_string())
+}
+
+/// The CA's fixed parts: signing a certificate needs its subject name and key identifier
+/// method exactly as they were, and both are rebuilt from this and the stored name.
+fn authority_params(name: &str) -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "sigrelay");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+impl Authority {
+    /// The stored CA, or `None` when there is none (a fresh directory, or one from before
+    /// the CA, holding only a self-signed certificate).
+    fn load(files: &Files) -> Result<Option<Authority>, TlsError> {
+        if !(files.ca_cert.exists() && files.ca_key.exists() && files.ca_name.exists()) {
+            return Ok(None);
+        }
+        let key = rcgen::KeyPair::from_pem(&read(&files.ca_key)?)
+            .map_err(|e| TlsError(format!("{}: {e}", files.ca_key.display())))?;
+        let name = read(&files.ca_name)?.trim().to_owned();
+        Ok(Some(Authority {
+            params: authority_params(&name),
+            key,
+            pem: read(&files.ca_cert)?,
+        }))
+    }
+
+    /// A new CA, named after this machine so a phone holding several tells them apart.
+    fn create(files: &Files) -> Result<Authority, TlsError> {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let name = format!("sigrelay local CA {host} {stamp}");
+        let mut params = authority_params(&name);
+        validity(&mut params, -1, 3650);
+        let key = rcgen::KeyPair::generate().map_err(rcgen_error)?;
+        let cert = params.self_signed(&key).map_err(rcgen_error)?;
+        write_private(&files.ca_key, key.serialize_pem().as_bytes())?;
+        write(&files.ca_cert, cert.pem().as_bytes())?;
+        write(&files.ca_name, format!("{name}\n").as_bytes())?;
+        Ok(Authority {
+            params: authority_params(&name),
+            key,
+            pem: cert.pem(),
+        })
+    }
+
+    fn der(&self) -> Result<CertificateDer<'static>, TlsError> {
+        CertificateDer::from_pem_slice(self.pem.as_bytes())
+            .map_err(|e| TlsError(format!("the CA certificate: {e}")))
+    }
+}
+
+/// The calendar day `days` from today (negative: ago), UTC, as (year, month, day); certificate
+/// dates are whole days here, which is all a lifetime of months needs.
+fn day_from_now(days: i64) -> (i32, u8, u8) {
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = unix_now().div_euclid(86_400) + days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month, day)
+}
+
+/// Sets a certificate's validity from `from` days to `to` days from today.
+fn validity(params: &mut rcgen::CertificateParams, from: i64, to: i64) {
+    let (y, m, d) = day_from_now(from);
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = day_from_now(to);
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+}
+
+/// Reuses `dir/cert.pem` + `dir/key.pem` when they cover every current name and are not
+/// near their end; otherwise issues a new server certificate, signed by the local CA, for the
+/// old names plus the current ones (and says so). A directory from before the CA (a
+/// self-signed `cert.pem` and no `ca.pem`) gets a CA and a new certificate.
 fn generated(
     dir: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String), TlsError> {
-    let cert_path = dir.join("cert.pem");
-    let key_path = dir.join("key.pem");
-    let names_path = dir.join("names.txt");
-    let current = local_names();
-    let stored: BTreeSet<String> = std::fs::read_to_string(&names_path)
+    extra_names: &[String],
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        String,
+        Ca,
+    ),
+    TlsError,
+> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| TlsError(format!("cannot create {}: {e}", dir.display())))?;
+    let files = Files::in_dir(dir);
+    let mut current = local_names();
+    current.extend(extra_names.iter().cloned());
+    let stored: BTreeSet<String> = std::fs::read_to_string(&files.names)
         .map(|t| t.lines().map(str::to_owned).collect())
         .unwrap_or_default();
-    if cert_path.exists() && key_path.exists() && current.is_subset(&stored) {
-        let chain = read_chain(&cert_path)?;
-        let key = PrivateKeyDer::from_pem_file(&key_path)
-            .map_err(|e| TlsError(format!("{}: {e}", key_path.display())))?;
-        return Ok((chain, key, format!("reused {}", cert_path.display())));
+    let expires: i64 = std::fs::read_to_string(&files.expires)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    let fresh = expires - unix_now() > RENEW_BEFORE_DAYS * 86_400;
+    let (authority, new_ca) = match Authority::load(&files)? {
+        Some(authority) => (authority, false),
+        None => (Authority::create(&files)?, true),
+    };
+    let ca_der = authority.der()?;
+    let ca = Ca {
+        fingerprint: fingerprint(&ca_der),
+        pem: authority.pem.clone(),
+        der: ca_der.clone(),
+        name: read(&files.ca_name)?.trim().to_owned(),
+    };
+    if !new_ca && fresh && files.cert.exists() && files.key.exists() && current.is_subset(&stored) {
+        let chain = read_chain(&files.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&files.key)
+            .map_err(|e| TlsError(format!("{}: {e}", files.key.display())))?;
+        return Ok((chain, key, format!("reused {}", files.cert.display()), ca));
     }
 
     let names: BTreeSet<String> = stored.union(&current).cloned().collect();
-    let mut params =
-        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| TlsError(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(rcgen_error)?;
     for name in &names {
         params.subject_alt_names.push(match name.parse::<IpAddr>() {
             Ok(ip) => rcgen::SanType::IpAddress(ip),
@@ -167,36 +364,52 @@ fn generated(
     }
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "sigrelay (self-signed)");
-    // Lifetime caps apply to publicly trusted certificates only; a self-signed one the user
-    // accepted lives as long as it says, and it should outlive the classroom's semester.
-    params.not_before = rcgen::date_time_ymd(2025, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
-    let key_pair = rcgen::KeyPair::generate().map_err(|e| TlsError(e.to_string()))?;
-    let cert = params
-        .self_signed(&key_pair)
-        .map_err(|e| TlsError(e.to_string()))?;
+        .push(rcgen::DnType::CommonName, "sigrelay");
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, -1, LEAF_DAYS);
+    let key_pair = rcgen::KeyPair::generate().map_err(rcgen_error)?;
+    let issuer = rcgen::Issuer::from_params(&authority.params, &authority.key);
+    let cert = params.signed_by(&key_pair, &issuer).map_err(rcgen_error)?;
 
-    std::fs::create_dir_all(dir)
-        .map_err(|e| TlsError(format!("cannot create {}: {e}", dir.display())))?;
-    write_private(&key_path, key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(&cert_path, cert.pem())
-        .map_err(|e| TlsError(format!("cannot write {}: {e}", cert_path.display())))?;
+    write_private(&files.key, key_pair.serialize_pem().as_bytes())?;
+    // The chain served: the certificate, then the CA (a client that has the CA installed
+    // needs only the first; `openssl verify` and curious people see the whole path).
+    write(
+        &files.cert,
+        format!("{}{}", cert.pem(), authority.pem).as_bytes(),
+    )?;
     let list: String = names.iter().map(|n| format!("{n}\n")).collect();
-    std::fs::write(&names_path, list)
-        .map_err(|e| TlsError(format!("cannot write {}: {e}", names_path.display())))?;
+    write(&files.names, list.as_bytes())?;
+    write(
+        &files.expires,
+        format!("{}\n", unix_now() + LEAF_DAYS * 86_400).as_bytes(),
+    )?;
 
     let key = PrivateKeyDer::try_from(key_pair.serialize_der()).map_err(|e| TlsError(e.into()))?;
-    let what = if stored.is_empty() {
-        "generated"
-    } else {
+    let what = if new_ca && !stored.is_empty() {
+        "replaced the old self-signed certificate with one from a new local CA:"
+    } else if new_ca {
+        "generated a local CA and"
+    } else if !current.is_subset(&stored) {
         "re-issued for new addresses"
+    } else {
+        "renewed"
     };
     Ok((
-        vec![cert.der().clone()],
+        vec![cert.der().clone(), ca_der],
         key,
-        format!("{what} {}", cert_path.display()),
+        format!("{what} {}", files.cert.display()),
+        ca,
     ))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Writes a file readable by its owner only.
@@ -210,6 +423,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| TlsError(format!("cannot write {}: {e}", path.display())))?;
+    // `mode` applies only to a new file: one left by an older version keeps its own.
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| TlsError(format!("cannot restrict {}: {e}", path.display())))?;
     file.write_all(bytes)
         .map_err(|e| TlsError(format!("cannot write {}: {e}", path.display())))
 }

@@ -85,3 +85,59 @@ async fn config_names_the_stun_port_actually_bound() {
     let turn = config["iceServers"][1]["urls"].as_str().unwrap();
     assert_eq!(turn, format!("turn:127.0.0.1:{port}?transport=udp"));
 }
+
+/// The STUN server a page is given by `/config`, if any: its port.
+async fn stun_port(addr: std::net::SocketAddr) -> Option<u16> {
+    let config = request(addr, "GET", "/config?room=r1", &[], b"")
+        .await
+        .json();
+    let servers = config["iceServers"].as_array().unwrap().clone();
+    servers
+        .iter()
+        .filter_map(|s| s["urls"].as_str())
+        .find(|u| u.starts_with("stun:"))
+        .map(|u| u.rsplit(':').next().unwrap().parse().unwrap())
+}
+
+/// Issue 17: STUN is on by default, over UDP on the HTTP port's number (so parallel servers on
+/// kernel-chosen ports never collide); a taken port is a warning and another port, not a
+/// failed start; --no-stun turns it off; a --stun address given that cannot be bound fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn stun_is_on_by_default_on_the_http_port_and_a_taken_port_falls_back() {
+    let (_guard, addr) = start(&["--bind", "127.0.0.1:0"]);
+    assert_eq!(
+        stun_port(addr).await,
+        Some(addr.port()),
+        "the HTTP port's number"
+    );
+    // It answers a Binding request there.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut binding = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    binding.extend_from_slice(&[7; 12]);
+    udp.send_to(&binding, addr).unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = udp.recv_from(&mut buf).expect("a Binding answer");
+    assert_eq!(&buf[..2], &[0x01, 0x01], "Binding success ({n} bytes)");
+
+    // The port number is taken over UDP: the server starts anyway, with STUN on another port.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let bind = format!("127.0.0.1:{port}");
+    let (_guard, addr) = start(&["--bind", &bind]);
+    let moved = stun_port(addr).await.expect("STUN still on");
+    assert_ne!(moved, port);
+    assert_ne!(moved, 0);
+
+    let (_guard, addr) = start(&["--bind", "127.0.0.1:0", "--no-stun"]);
+    assert_eq!(stun_port(addr).await, None);
+
+    // Asked for explicitly, a taken address is an error.
+    let out = Command::new(env!("CARGO_BIN_EXE_sigrelay"))
+        .args(["--bind", "127.0.0.1:0", "--stun", &bind])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen for STUN/TURN"));
+    drop(taken);
+}

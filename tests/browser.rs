@@ -709,6 +709,7 @@ fn call_through_nginx(test: &str, tls: bool) {
     ));
     sigrelay::tls::load(&sigrelay::tls::CertSource::Generated {
         dir: tls_dir.clone(),
+        names: Vec::new(),
     })
     .expect("a certificate for localhost");
     let upstreams: Vec<std::net::SocketAddr> = instances
@@ -758,4 +759,215 @@ fn a_call_through_nginx_on_a_non_default_port() {
 #[test]
 fn a_call_through_nginx_terminating_tls() {
     call_through_nginx("nginx_tls", true);
+}
+
+/// What Chromium shows at `url`: the page's URL, title, protocol and whether it is a secure
+/// context; a certificate warning is an interstitial (`chrome-error://`) with no `#room`.
+fn page_facts(person: &Person, url: &str) -> Value {
+    person.goto(url);
+    person.exec(
+        "const nav = performance.getEntriesByType('navigation')[0];
+         return { href: location.href, title: document.title, secure: window.isSecureContext,
+                  protocol: nav && nav.nextHopProtocol,
+                  landing: !!document.querySelector('#room') };",
+        vec![],
+    )
+}
+
+/// Waits until the trust page has checked whether this browser trusts the server's https.
+fn trust_page_says(person: &Person, url: &str) -> Value {
+    person.goto(url);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let facts = person.exec(
+            "return { trusted: document.body.dataset.trusted || null,
+                      fingerprint: document.querySelector('#fingerprint').textContent,
+                      status: document.querySelector('#trust-status').textContent };",
+            vec![],
+        );
+        if !facts["trusted"].is_null() {
+            return facts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trust page never decided: {facts:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 17: the local CA installed once (here: imported into the NSS store Chromium on Linux
+/// reads, `$HOME/.pki/nssdb`, as a student's "trust" does on a phone) and the https page on a
+/// LAN name opens with no warning and no certificate override, over HTTP/2; after the server
+/// gains a name and re-issues its certificate (same CA), the new name opens with no warning
+/// either. The new name before the re-issue does warn: the trust is the CA's, not a blanket
+/// one.
+#[test]
+fn the_installed_local_ca_opens_https_without_a_warning_before_and_after_a_reissue() {
+    let scratch = std::env::temp_dir().join(format!(
+        "sigrelay-browser-ca-{}-{:x}",
+        std::process::id(),
+        unique()
+    ));
+    let tls_dir = scratch.join("tls");
+    let home = scratch.join("home");
+    let tls_dir_arg = tls_dir.to_str().expect("utf-8 path").to_string();
+    let first = [
+        "--tls",
+        "--tls-dir",
+        &tls_dir_arg,
+        "--tls-name",
+        "classroom.test",
+    ];
+    // The CA exists once the server has started; Chromium must find it in its store at start.
+    let server = Server::start(&first);
+    let nssdb = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nssdb).unwrap();
+    let db = format!("sql:{}", nssdb.display());
+    let certutil = |args: &[&str]| {
+        let out = std::process::Command::new("certutil")
+            .args(args)
+            .output()
+            .expect("run certutil (Debian: libnss3-tools)");
+        assert!(
+            out.status.success(),
+            "certutil {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    certutil(&["-N", "-d", &db, "--empty-password"]);
+    let ca = tls_dir.join("ca.pem");
+    certutil(&[
+        "-A",
+        "-d",
+        &db,
+        "-n",
+        "sigrelay local CA",
+        "-t",
+        "C,,",
+        "-i",
+        ca.to_str().unwrap(),
+    ]);
+
+    let Some(browsers) = Browsers::get_with_home("local_ca", Some(&home)) else {
+        return;
+    };
+    let student = browsers.person_with(
+        "student",
+        &["--host-resolver-rules=MAP classroom.test 127.0.0.1, MAP second.test 127.0.0.1"],
+    );
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    let lan = format!("https://classroom.test:{port}/");
+    let facts = page_facts(&student, &lan);
+    assert_eq!(
+        facts["href"],
+        lan.as_str(),
+        "a warning instead of the page: {facts:#}"
+    );
+    assert_eq!(facts["landing"], true, "{facts:#}");
+    assert_eq!(facts["secure"], true, "{facts:#}");
+    assert_eq!(facts["protocol"], "h2", "not HTTP/2: {facts:#}");
+    assert_no_console_errors(&student);
+    // The trust page, opened over plain http as a phone does first, sees the trust.
+    let trust = trust_page_says(&student, &format!("http://classroom.test:{port}/trust"));
+    assert_eq!(trust["trusted"], "true", "{trust:#}");
+    let fingerprint = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+            "-in",
+            ca.to_str().unwrap(),
+        ])
+        .output()
+        .expect("openssl");
+    let fingerprint = String::from_utf8_lossy(&fingerprint.stdout).to_string();
+    assert!(
+        fingerprint
+            .trim()
+            .ends_with(trust["fingerprint"].as_str().unwrap()),
+        "the page's fingerprint {trust:#} is not the CA's ({fingerprint})"
+    );
+    // A name the certificate does not carry yet: Chromium warns (an error page).
+    let facts = page_facts(&student, &format!("https://second.test:{port}/"));
+    assert_ne!(
+        facts["landing"], true,
+        "no warning for an uncovered name: {facts:#}"
+    );
+    drop(server);
+
+    // The machine gains a name: at its next start the certificate is re-issued by the same CA.
+    let server = Server::start(&[&first[..], &["--tls-name", "second.test"]].concat());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log().contains("re-issued for new addresses") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        server.log().contains("re-issued for new addresses"),
+        "{}",
+        server.log()
+    );
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    for name in ["second.test", "classroom.test"] {
+        let url = format!("https://{name}:{port}/");
+        let facts = page_facts(&student, &url);
+        assert_eq!(
+            facts["href"],
+            url.as_str(),
+            "a warning after the re-issue: {facts:#}"
+        );
+        assert_eq!(facts["landing"], true, "{facts:#}");
+        assert_eq!(facts["protocol"], "h2", "{facts:#}");
+    }
+    keep_screenshot(&student, "local-ca");
+    drop(server);
+    drop(student);
+    drop(browsers);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// Issue 17: a call forced through TURN over TCP (`?relay=1&tcp=1`: relay candidates only,
+/// and the only TURN URL the page keeps is `turn:HOST:HTTP_PORT?transport=tcp`), so nothing
+/// goes between the browsers and the server over UDP: it connects, relayed, with moving video,
+/// and the server saw TURN clients over TCP on its HTTP port.
+#[test]
+fn a_call_forced_through_turn_over_tcp_connects() {
+    let Some(browsers) = Browsers::get("turn_tcp") else {
+        return;
+    };
+    let creator = browsers.person("creator");
+    let joiner = browsers.person("joiner");
+    let server = Server::start(&["--turn", "--turn-relay-ip", "127.0.0.1"]);
+    open_room(&server.url, &creator, &joiner, "tcp", "relay=1&tcp=1");
+    for person in [&creator, &joiner] {
+        person.wait_state("connected");
+    }
+    for person in [&creator, &joiner] {
+        person.wait_remote_video_moving();
+        wait_path(person, "relayed");
+    }
+    let opened = server
+        .log()
+        .matches("TURN over TCP connection opened")
+        .count();
+    assert!(opened >= 2, "no TURN over TCP clients:\n{}", server.log());
+    let relay = creator.exec(
+        "const config = await (await fetch('/config?room=x')).json();
+         return config.iceServers.map((s) => s.urls);",
+        vec![],
+    );
+    let port = server.url.rsplit(':').next().unwrap();
+    assert!(
+        relay
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u.as_str() == Some(&format!("turn:127.0.0.1:{port}?transport=tcp"))),
+        "{relay:#}"
+    );
+    for person in [&creator, &joiner] {
+        assert_no_console_errors(person);
+    }
+    keep_screenshot(&joiner, "turn-tcp");
 }

@@ -775,3 +775,78 @@ async fn an_allocation_still_works_after_a_flood() {
     let mut c = TurnClient::new("127.0.0.10", stun, &user, &pass).await;
     c.allocate().await.expect("a legitimate client is served");
 }
+
+/// Issue 17: TURN over TCP on the HTTP port. A Binding request framed on a TCP stream is
+/// answered on it; HTTP on the same port still works; TCP clients per address are capped (the
+/// per-address allocation cap: a TCP allocation needs its own connection), the next one is
+/// closed at once; and a garbage frame ends its connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn turn_over_tcp_shares_the_http_port_and_bounds_its_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::with(|c| {
+        c.ice.bind = Some("127.0.0.1:0".parse().unwrap());
+        c.ice.turn = true;
+        c.ice.relay_ip = Some(IpAddr::from([127, 0, 0, 1]));
+        c.ice.max_allocations_per_ip = 3;
+    })
+    .await;
+    let config = server.get("/config?room=r1").await.json();
+    let tcp_url = format!("turn:127.0.0.1:{}?transport=tcp", server.addr.port());
+    assert!(
+        config["iceServers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["urls"] == tcp_url.as_str() && s["username"].is_string()),
+        "{config}"
+    );
+    let binding = || {
+        let mut request = vec![0x00, 0x01, 0x00, 0x00];
+        request.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        request.extend_from_slice(b"sigrelay-tcp");
+        request
+    };
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        conn.write_all(&binding()).await.unwrap();
+        let mut head = [0u8; 20];
+        tokio::time::timeout(WAIT, conn.read_exact(&mut head))
+            .await
+            .unwrap_or_else(|_| panic!("client {i}: no Binding answer over TCP"))
+            .unwrap();
+        assert_eq!(&head[..2], &[0x01, 0x01], "Binding success");
+        let length = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let mut rest = vec![0u8; length];
+        conn.read_exact(&mut rest).await.unwrap();
+        held.push(conn);
+    }
+    // The fourth from this address is over the cap: closed without an answer.
+    let mut over = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    over.write_all(&binding()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, over.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "a TCP client over the cap was served");
+    // HTTP still answers on the port meanwhile.
+    assert_eq!(server.get("/healthz").await.status, 200);
+    // A bad frame (a type whose top bits are not STUN's or ChannelData's) ends a connection,
+    // and its place is free again for the next client.
+    let mut bad = held.pop().unwrap();
+    bad.write_all(&[0x80, 0, 0, 0]).await.unwrap();
+    let n = tokio::time::timeout(WAIT, bad.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let mut again = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    again.write_all(&binding()).await.unwrap();
+    let mut head = [0u8; 20];
+    tokio::time::timeout(WAIT, again.read_exact(&mut head))
+        .await
+        .expect("a freed place is served")
+        .unwrap();
+    assert_eq!(&head[..2], &[0x01, 0x01]);
+}

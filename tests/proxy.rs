@@ -58,6 +58,7 @@ fn cluster(tag: &str, extra: &[&str]) -> Option<Cluster> {
     let _ = std::fs::remove_dir_all(&tls_dir);
     let generated = tls::load(&CertSource::Generated {
         dir: tls_dir.clone(),
+        names: Vec::new(),
     })
     .expect("a certificate for localhost");
     let upstreams: Vec<SocketAddr> = instances.iter().map(|b| b.addr).collect();
@@ -69,7 +70,7 @@ fn cluster(tag: &str, extra: &[&str]) -> Option<Cluster> {
     Some(Cluster {
         instances,
         nginx,
-        cert: generated.certificate,
+        cert: generated.anchor(),
         tls_dir,
         _redis: redis,
     })

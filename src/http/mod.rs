@@ -95,6 +95,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Signs the peer tokens streams hand out and checks the ones publishes present.
     pub peers: Arc<PeerTokens>,
+    /// TURN over TCP, when on: connections that open with a STUN message go there.
+    pub turn_tcp: Option<Arc<crate::ice::tcp::TcpMux>>,
 }
 
 impl App {
@@ -109,6 +111,7 @@ impl App {
             post_limiter,
             metrics,
             peers,
+            turn_tcp: None,
         }
     }
 
@@ -231,8 +234,11 @@ impl App {
         let logged = tracing::enabled!(tracing::Level::DEBUG)
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
         let result = match client.transport {
-            Transport::PlainOnTlsPort => pages::to_https(&req),
-            Transport::Plain | Transport::Tls => self.route(req, client).await,
+            // `/trust` is what a phone opens before it trusts https, so it stays plain.
+            Transport::PlainOnTlsPort if !pages::is_trust_path(req.uri().path()) => {
+                pages::to_https(&req)
+            }
+            _ => self.route(req, client).await,
         };
         let response = result.unwrap_or_else(|e| {
             self.metrics.refused(e.reason());
@@ -291,6 +297,10 @@ impl App {
             "/healthz" => Ok(self.health()),
             "/metrics" => Ok(self.metrics_page()),
             "/qr.svg" => pages::qr_svg(&req),
+            _ if pages::is_trust_path(path) => {
+                let ca = self.config.tls.as_ref().and_then(|t| t.ca.as_ref());
+                pages::trust(path, ca, &req)
+            }
             _ if path.starts_with("/r/") => pages::room(&path[3..], &req),
             _ if path.starts_with("/assets/") => pages::file(&path[8..], &req),
             _ => Err(ApiError::NotFound),

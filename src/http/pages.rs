@@ -1,5 +1,5 @@
 //! Static pages and the client configuration: embedded files with ETag revalidation, the call
-//! page for any valid room URL, and `GET /config`.
+//! page for any valid room URL, `GET /config`, and `/trust` (the local CA's downloads).
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -10,6 +10,8 @@ use crate::assets;
 use crate::http::error::ApiError;
 use crate::ice::IceSettings;
 use crate::names::{percent_decode, query_value, ChannelName};
+use crate::tls::Ca;
+use crate::trust;
 
 /// An embedded file, or `304 Not Modified` when the client's `If-None-Match` matches its ETag.
 pub fn file<B>(path: &str, req: &Request<B>) -> Result<Response<Body>, ApiError> {
@@ -145,4 +147,50 @@ pub fn client_config<B>(
             .to_string()
             .into(),
     ))
+}
+
+/// Whether `path` belongs to `/trust`, which is served over plain http on the https port too:
+/// a phone must fetch the CA before it can trust https.
+pub fn is_trust_path(path: &str) -> bool {
+    path == "/trust" || path.starts_with("/trust/")
+}
+
+/// `/trust` and below: the page (and its script and style), its facts as JSON, and the CA as
+/// `.crt` (DER), `.pem` and an iOS `.mobileconfig`. Without a local CA (no `--tls`, or
+/// `--cert`) the page says so and the downloads are 404.
+pub fn trust<B>(path: &str, ca: Option<&Ca>, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+    let rest = path.strip_prefix("/trust").unwrap_or_default();
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    let download = |bytes: Vec<u8>, content_type: &'static str, name: &str| {
+        let mut response = Response::new(full(bytes));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+            headers.insert(header::CONTENT_DISPOSITION, value);
+        }
+        response
+    };
+    let need_ca = || ca.ok_or(ApiError::NotFound);
+    match rest {
+        "" => file("trust.html", req),
+        "trust.js" | "style.css" | "favicon.svg" => file(rest, req),
+        "info" => Ok(json(format!("{}\n", trust::info(ca)).into())),
+        trust::CRT_NAME => Ok(download(
+            need_ca()?.der.to_vec(),
+            trust::CRT_TYPE,
+            trust::CRT_NAME,
+        )),
+        "sigrelay-ca.pem" => Ok(download(
+            need_ca()?.pem.clone().into_bytes(),
+            "application/x-pem-file",
+            "sigrelay-ca.pem",
+        )),
+        trust::PROFILE_NAME => Ok(download(
+            trust::mobileconfig(need_ca()?).into_bytes(),
+            trust::PROFILE_TYPE,
+            trust::PROFILE_NAME,
+        )),
+        _ => Err(ApiError::NotFound),
+    }
 }

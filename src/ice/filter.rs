@@ -130,9 +130,44 @@ impl Nonces {
     }
 }
 
-/// The UDP socket as the `turn` server sees it.
+/// What the filter reads from and answers on: the UDP socket, or the TCP clients of
+/// [`super::tcp::TcpMux`] seen as datagrams (one STUN message or ChannelData each).
+#[async_trait]
+pub trait Datagrams: Send + Sync {
+    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)>;
+    async fn send_to(&self, buf: &[u8], to: SocketAddr) -> std::io::Result<usize>;
+    fn local_addr(&self) -> std::io::Result<SocketAddr>;
+}
+
+#[async_trait]
+impl Datagrams for UdpSocket {
+    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        UdpSocket::recv_from(self, buf).await
+    }
+    async fn send_to(&self, buf: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        UdpSocket::send_to(self, buf, to).await
+    }
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        UdpSocket::local_addr(self)
+    }
+}
+
+#[async_trait]
+impl<T: Datagrams + ?Sized> Datagrams for Arc<T> {
+    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        (**self).recv_from(buf).await
+    }
+    async fn send_to(&self, buf: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        (**self).send_to(buf, to).await
+    }
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        (**self).local_addr()
+    }
+}
+
+/// The STUN/TURN socket (UDP, or TCP clients) as the `turn` server sees it.
 pub struct Filter {
-    socket: UdpSocket,
+    socket: Box<dyn Datagrams>,
     settings: FilterSettings,
     shared: Arc<Shared>,
     per_ip: RateLimiter,
@@ -152,10 +187,14 @@ enum Verdict {
 }
 
 impl Filter {
-    pub fn new(socket: UdpSocket, settings: FilterSettings, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        socket: impl Datagrams + 'static,
+        settings: FilterSettings,
+        shared: Arc<Shared>,
+    ) -> Self {
         let (inject_tx, inject_rx) = mpsc::channel(4);
         Filter {
-            socket,
+            socket: Box::new(socket),
             per_ip: RateLimiter::new(settings.rate, settings.rate * 4.0),
             global: RateLimiter::new(GLOBAL_RATE, GLOBAL_BURST),
             settings,

@@ -14,6 +14,7 @@
 pub mod filter;
 pub mod peer;
 pub mod quota;
+pub mod tcp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use filter::{Filter, FilterSettings, FilteredRelayGenerator, Shared};
 use peer::PeerRules;
 use quota::{Caps, Quota};
+use tcp::TcpMux;
 
 /// The realm TURN clients authenticate in.
 const REALM: &str = "sigrelay";
@@ -39,8 +41,15 @@ pub const CREDENTIAL_TTL: Duration = Duration::from_secs(12 * 3600);
 /// The STUN/TURN settings, from the validated config.
 #[derive(Debug, Clone)]
 pub struct IceSettings {
-    /// Where the STUN/TURN UDP socket listens (`--stun` / `--turn`).
+    /// Where the STUN/TURN UDP socket listens: `--stun`, or by default the first `--bind`
+    /// address (its port number, over UDP); `None` with `--no-stun`.
     pub bind: Option<SocketAddr>,
+    /// The address is the default, not a `--stun` given: when it is taken, `main` warns and
+    /// takes a free port instead (then goes without STUN), rather than failing the start.
+    pub bind_fallback: bool,
+    /// TURN over TCP: the HTTP port it is served on (the first listener's), set at start
+    /// when TURN is on.
+    pub tcp_port: Option<u16>,
     /// Relay allocations too (TURN), not only Binding answers (STUN).
     pub turn: bool,
     /// The address relayed media is sent from and advertised as.
@@ -67,6 +76,8 @@ impl Default for IceSettings {
     fn default() -> Self {
         IceSettings {
             bind: None,
+            bind_fallback: false,
+            tcp_port: None,
             turn: false,
             relay_ip: None,
             secret: random_secret(),
@@ -121,6 +132,14 @@ pub fn ice_servers(settings: &IceSettings, host: Option<&str>, room: &str) -> se
                 "username": username,
                 "credential": credential,
             }));
+            // TURN over TCP on the HTTP port, for networks that block UDP.
+            if let Some(tcp) = settings.tcp_port {
+                servers.push(serde_json::json!({
+                    "urls": format!("turn:{host}:{tcp}?transport=tcp"),
+                    "username": username,
+                    "credential": credential,
+                }));
+            }
         }
     }
     for url in &settings.external {
@@ -185,6 +204,7 @@ pub struct IceServer {
     server: turn::server::Server,
     shared: Arc<Shared>,
     tasks: CancellationToken,
+    tcp: Option<Arc<TcpMux>>,
 }
 
 impl IceServer {
@@ -249,29 +269,47 @@ impl IceServer {
         } else {
             "0.0.0.0".to_string()
         };
-        let filter = Arc::new(Filter::new(
-            socket,
-            FilterSettings {
-                realm: REALM.to_owned(),
-                secret: settings.secret.clone(),
-                turn: settings.turn,
-                rate: settings.request_rate,
-            },
-            shared.clone(),
-        ));
+        let filter_settings = || FilterSettings {
+            realm: REALM.to_owned(),
+            secret: settings.secret.clone(),
+            turn: settings.turn,
+            rate: settings.request_rate,
+        };
+        let filter = Arc::new(Filter::new(socket, filter_settings(), shared.clone()));
+        // TURN over TCP, on the HTTP port: the same filter rules before the same crate.
+        let tcp = match (settings.turn, settings.tcp_port) {
+            (true, Some(port)) => {
+                let mux = Arc::new(TcpMux::new(
+                    SocketAddr::new(local.ip(), port),
+                    caps.total,
+                    caps.per_ip,
+                ));
+                mux.attach(shared.clone());
+                let filter = Arc::new(Filter::new(mux.clone(), filter_settings(), shared.clone()));
+                Some((mux, filter))
+            }
+            _ => None,
+        };
+        let conn_config = |conn: Arc<Filter>| turn::server::config::ConnConfig {
+            conn,
+            relay_addr_generator: Box::new(FilteredRelayGenerator {
+                inner: Box::new(turn::relay::relay_static::RelayAddressGeneratorStatic {
+                    relay_address: relay_ip,
+                    address: relay_bind.clone(),
+                    net: Arc::new(webrtc_util::vnet::net::Net::new(None)),
+                }),
+                shared: shared.clone(),
+            }),
+        };
+        let mut conn_configs = vec![conn_config(filter.clone())];
+        let mut filters = vec![filter];
+        if let Some((_, tcp_filter)) = &tcp {
+            conn_configs.push(conn_config(tcp_filter.clone()));
+            filters.push(tcp_filter.clone());
+        }
         let (closed_tx, closed_rx) = mpsc::channel(256);
         let server = turn::server::Server::new(turn::server::config::ServerConfig {
-            conn_configs: vec![turn::server::config::ConnConfig {
-                conn: filter.clone(),
-                relay_addr_generator: Box::new(FilteredRelayGenerator {
-                    inner: Box::new(turn::relay::relay_static::RelayAddressGeneratorStatic {
-                        relay_address: relay_ip,
-                        address: relay_bind,
-                        net: Arc::new(webrtc_util::vnet::net::Net::new(None)),
-                    }),
-                    shared: shared.clone(),
-                }),
-            }],
+            conn_configs,
             realm: REALM.to_owned(),
             auth_handler: auth,
             channel_bind_timeout: Duration::from_secs(0),
@@ -281,17 +319,25 @@ impl IceServer {
         let tasks = CancellationToken::new();
         tokio::spawn(release_closed(closed_rx, shared.clone()));
         if settings.turn {
-            if !filter.rotate_nonce(Duration::from_secs(5)).await {
-                return Err(turn::Error::Other("the TURN server gave no nonce".into()));
+            for filter in &filters {
+                if !filter.rotate_nonce(Duration::from_secs(5)).await {
+                    return Err(turn::Error::Other("the TURN server gave no nonce".into()));
+                }
             }
-            tokio::spawn(maintain(filter, shared.clone(), extra_ips, tasks.clone()));
+            tokio::spawn(maintain(filters, shared.clone(), extra_ips, tasks.clone()));
         }
-        tracing::info!(%local, %relay_ip, turn = settings.turn, "STUN/TURN listening");
+        tracing::info!(%local, %relay_ip, turn = settings.turn, tcp = ?settings.tcp_port.filter(|_| settings.turn), "STUN/TURN listening");
         Ok(IceServer {
             server,
             shared,
             tasks,
+            tcp: tcp.map(|(mux, _)| mux),
         })
+    }
+
+    /// TURN over TCP, when on: `server.rs` hands it the connections that start with STUN.
+    pub fn tcp(&self) -> Option<Arc<TcpMux>> {
+        self.tcp.clone()
     }
 
     /// Allocations held now.
@@ -320,7 +366,7 @@ async fn release_closed(
 
 /// Rotates the nonce and re-reads this machine's addresses (DHCP may change them).
 async fn maintain(
-    filter: Arc<Filter>,
+    filters: Vec<Arc<Filter>>,
     shared: Arc<Shared>,
     extra_ips: [IpAddr; 2],
     stop: CancellationToken,
@@ -339,8 +385,10 @@ async fn maintain(
             .own_ips = ips;
         if last_rotation.elapsed() >= filter::NONCE_ROTATION {
             last_rotation = tokio::time::Instant::now();
-            if !filter.rotate_nonce(Duration::from_secs(5)).await {
-                tracing::warn!("the TURN server gave no fresh nonce; keeping the current one");
+            for filter in &filters {
+                if !filter.rotate_nonce(Duration::from_secs(5)).await {
+                    tracing::warn!("the TURN server gave no fresh nonce; keeping the current one");
+                }
             }
         }
     }

@@ -78,6 +78,12 @@ impl Browsers {
     /// saying why) when the browser tests cannot run here, unless `SIGRELAY_REQUIRE_BROWSER=1`,
     /// under which that is a failure.
     pub fn get(test: &str) -> Option<Browsers> {
+        Self::get_with_home(test, None)
+    }
+
+    /// As [`Browsers::get`], with the browsers' `$HOME` set to `home` (its `.pki/nssdb` is the
+    /// certificate store Chromium on Linux trusts besides its own roots).
+    pub fn get_with_home(test: &str, home: Option<&Path>) -> Option<Browsers> {
         let required = std::env::var("SIGRELAY_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
         let skip = |why: String| {
             assert!(!required, "{test}: {why} (and SIGRELAY_REQUIRE_BROWSER=1)");
@@ -126,7 +132,7 @@ impl Browsers {
             std::process::id(),
             unique()
         ));
-        let driver = Driver::start(&chromedriver).unwrap_or_else(|e| panic!("{e}"));
+        let driver = Driver::start(&chromedriver, home).unwrap_or_else(|e| panic!("{e}"));
         Some(Browsers {
             chromium,
             driver,

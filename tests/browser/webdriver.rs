@@ -113,13 +113,19 @@ pub struct Driver {
 }
 
 impl Driver {
-    pub fn start(chromedriver: &Path) -> Result<Driver> {
+    /// Starts chromedriver; the browsers it starts inherit `home` as `$HOME` when given (where
+    /// Chromium on Linux reads its NSS certificate store, `$HOME/.pki/nssdb`).
+    pub fn start(chromedriver: &Path, home: Option<&Path>) -> Result<Driver> {
         // chromedriver needs a port number: take a free one from the kernel, then hand it over.
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
             .port();
-        let child = Command::new(chromedriver)
+        let mut command = Command::new(chromedriver);
+        if let Some(home) = home {
+            command.env("HOME", home);
+        }
+        let child = command
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
