@@ -24,7 +24,7 @@ export function missingForCalls() {
 export function cannotCallText(missing) {
   return (
     `This browser cannot make video calls: it has no WebRTC connections ` +
-    `(${missing.join(', ')} is missing or turned off). Open this page in a current Firefox, ` +
+    `(missing or turned off: ${missing.join(', ')}). Open this page in a current Firefox, ` +
     'Chrome, Edge or Safari, or on a phone in its usual browser (Safari on iPhone and iPad). ' +
     'The other person has been told.'
   );

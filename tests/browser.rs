@@ -477,19 +477,44 @@ fn plain_http_on_a_lan_name_says_why_and_joins_receive_only() {
 
 #[test]
 fn no_camera_joins_with_audio_only_and_says_so() {
-    let Some(browsers) = Browsers::get("no_camera") else {
+    no_camera("no_camera", Kind::Chromium);
+}
+
+#[test]
+fn firefox_no_camera_joins_with_audio_only_and_says_so() {
+    no_camera("firefox_no_camera", Kind::Firefox);
+}
+
+fn no_camera(test: &str, kind: Kind) {
+    let Some(browsers) = Browsers::get_with(test, &[kind]) else {
         return;
     };
     let server = Server::start(&[]);
-    let creator = browsers.person("creator");
-    let joiner = browsers.person("joiner");
+    let creator = browsers.person_as(kind, "creator");
     // The joiner's computer has a microphone but no camera.
-    joiner.add_init_script(
-        "const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
-         navigator.mediaDevices.getUserMedia = (constraints) => constraints && constraints.video
-           ? Promise.reject(new DOMException('Requested device not found', 'NotFoundError'))
-           : real(constraints);",
-    );
+    let joiner = match kind {
+        Kind::Chromium => {
+            let joiner = browsers.person("joiner");
+            joiner.add_init_script(
+                "const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+                 navigator.mediaDevices.getUserMedia = (constraints) => constraints && constraints.video
+                   ? Promise.reject(new DOMException('Requested device not found', 'NotFoundError'))
+                   : real(constraints);",
+            );
+            joiner
+        }
+        // Firefox looks for a real camera by this name instead of its fake one (the fake
+        // microphone stays): there is none, so getUserMedia finds no camera, as on a desktop
+        // without one.
+        Kind::Firefox => {
+            let mut prefs = serde_json::Map::new();
+            prefs.insert(
+                "media.video_loopback_dev".into(),
+                json!("sigrelay-test: no such camera"),
+            );
+            browsers.firefox_with("joiner", prefs)
+        }
+    };
     let room = format!("no-camera-{:x}", unique());
     creator.goto(&format!("{}/r/{room}?as=creator", server.url));
     creator.wait_for("the creator's page, subscribed", WAIT, |s| s["peers"] == 1);

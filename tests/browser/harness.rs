@@ -130,6 +130,8 @@ fn firefox_prefs() -> serde_json::Map<String, Value> {
         "media.autoplay.blocking_policy": 0,
         // The page's console on the driver's stdout (geckodriver has no log endpoint).
         "devtools.console.stdout.content": true,
+        // ... and not the browser's own (its remote-settings loader, backup service, ...).
+        "devtools.console.stdout.chrome": false,
     });
     match prefs {
         Value::Object(map) => map,
@@ -290,11 +292,7 @@ impl Browsers {
         });
         let session = Session::new(Arc::clone(driver), capabilities, Some(profile))
             .unwrap_or_else(|e| panic!("{name}: cannot start Chromium: {e}"));
-        Person {
-            name,
-            kind: Kind::Chromium,
-            session,
-        }
+        Person { name, session }
     }
 
     /// A new person in a headless Firefox (its own geckodriver, which serves one session, and
@@ -328,11 +326,7 @@ impl Browsers {
         session
             .set_window_size(WINDOW.0, WINDOW.1)
             .unwrap_or_else(|e| panic!("{name}: window size: {e}"));
-        Person {
-            name,
-            kind: Kind::Firefox,
-            session,
-        }
+        Person { name, session }
     }
 }
 
@@ -413,7 +407,6 @@ impl Drop for Server {
 /// One person at one browser.
 pub struct Person {
     pub name: &'static str,
-    pub kind: Kind,
     session: Session,
 }
 

@@ -321,15 +321,20 @@ impl Session {
 
     /// Console messages since the last call: `(level, message)`, e.g. `("SEVERE", "...")`.
     /// Firefox's come from its driver's output (`devtools.console.stdout.content`), where
-    /// `console.error: ...` and uncaught `JavaScript error: ...` lines count as SEVERE.
+    /// `console.error: ...` and uncaught `JavaScript error: http...` lines count as SEVERE.
     pub fn console_log(&self) -> Result<Vec<(String, String)>> {
         if self.driver.kind == Kind::Firefox {
             let lines = std::mem::take(&mut *self.driver.output.lock().unwrap());
             return Ok(lines
                 .into_iter()
                 .filter_map(|line| {
-                    let level = if line.starts_with("console.error:")
-                        || line.starts_with("JavaScript error:")
+                    // Uncaught errors of the browser's own code (resource://, chrome://)
+                    // are not the page's.
+                    let page_error = line.starts_with("JavaScript error: http");
+                    let level = if page_error
+                        || line
+                            .strip_prefix("console.error: ")
+                            .is_some_and(|rest| !is_browser_logger(rest))
                     {
                         "SEVERE"
                     } else if line.starts_with("console.") {
@@ -366,6 +371,17 @@ impl Drop for Session {
     }
 }
 
+/// Firefox's own modules log with a bare prefix (`console.error: RSLoader: ...`); a page's
+/// console arguments come quoted or as objects (`console.error: "sigrelay: ..."`).
+fn is_browser_logger(rest: &str) -> bool {
+    rest.split_once(": ").is_some_and(|(prefix, _)| {
+        prefix.starts_with(|c: char| c.is_ascii_alphabetic())
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    }) || rest.trim_end().ends_with(':') && !rest.starts_with(['"', '('])
+}
+
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     let (mut acc, mut bits) = (0u32, 0u32);
@@ -388,6 +404,16 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+#[test]
+fn firefox_browser_loggers_are_told_from_the_page() {
+    assert!(is_browser_logger("RSLoader: "));
+    assert!(is_browser_logger("RSLoader: something failed"));
+    assert!(!is_browser_logger(
+        "\"sigrelay: could not send bye:\" TypeError"
+    ));
+    assert!(!is_browser_logger("(new Error(\"x\"))"));
 }
 
 #[test]
