@@ -23,6 +23,7 @@
 
 import { openEventStream } from './sse.js';
 import { isValidRoom, joinUrl, copyText, ROOM_RULE } from './room.js';
+import * as support from './support.js';
 
 const $ = (selector) => document.querySelector(selector);
 const ui = {
@@ -257,6 +258,16 @@ function start() {
     ui.hangup.disabled = true;
     return;
   }
+  // --- browser support (assets/support.js): no WebRTC, no call; say so and tell the room ---
+  const missing = support.missingForCalls();
+  if (missing.length > 0) {
+    setState('failed', 'This browser cannot do video calls');
+    setNotice('support', support.cannotCallText(missing), 'error');
+    ui.hangup.disabled = true;
+    support.announceCannotCall(room, streamUrl, missing, peerId);
+    return;
+  }
+  // --- end browser support ---
   setState('waiting', 'Connecting to the server…');
   // A prompt the person has not answered yet would otherwise look like a page that hangs.
   const asking = setTimeout(
@@ -584,6 +595,7 @@ function onPcState(state) {
       retryDelay = 1000;
       setState('connected');
       setNotice('call', null);
+      setNotice('support', null); // browser support: someone who can call is here now
       if (pc) watchPath(pc);
       break;
     case 'disconnected':
@@ -810,6 +822,12 @@ function onEvent(event) {
     return; // not a signaling message
   }
   if (!message || typeof message !== 'object' || left) return;
+  // --- browser support (assets/support.js): the other person's browser cannot call ---
+  if (event.type === support.UNSUPPORTED_TYPE) {
+    if (message.peer !== peerId) setNotice('support', support.otherCannotText(message), 'warn');
+    return;
+  }
+  // --- end browser support ---
   // Our own messages come back to us too: each role listens only to the other's types.
   const handlers =
     role === 'creator'

@@ -1,7 +1,9 @@
-//! The call pages in real Chromium (issue 3): two or three people, each a headless Chromium
-//! with its own profile and the fake camera, calling each other through the real `sigrelay`
-//! binary. WebRTC media has to stay on 127.0.0.1, so these run only inside a loopback-only
-//! network namespace (they say "skipped" otherwise):
+//! The call pages in real browsers (issues 3 and 15): two or three people, each a headless
+//! Chromium or Firefox with its own profile and a fake camera, calling each other through the
+//! real `sigrelay` binary; Chromium and Firefox in calls with each other in both roles; a
+//! Firefox with WebRTC turned off; two phone-sized Chromiums. WebRTC media has to stay on
+//! 127.0.0.1, so these run only inside a loopback-only network namespace (they say "skipped"
+//! otherwise):
 //!
 //! ```text
 //! cargo test --no-run
@@ -9,7 +11,9 @@
 //! ```
 //!
 //! Chromium comes from `SIGRELAY_CHROMIUM` or `PATH`, chromedriver from
-//! `SIGRELAY_CHROMEDRIVER` or `PATH`; with `SIGRELAY_REQUIRE_BROWSER=1` a missing one fails.
+//! `SIGRELAY_CHROMEDRIVER` or `PATH`; Firefox from `SIGRELAY_FIREFOX` or `PATH`
+//! (`firefox-esr`, `firefox`), geckodriver from `SIGRELAY_GECKODRIVER`, `PATH` or
+//! `~/.cargo/bin`. With `SIGRELAY_REQUIRE_BROWSER=1` a missing one fails.
 
 #[path = "browser/harness.rs"]
 mod harness;
@@ -28,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use harness::{unique, Browsers, Person, Server, WAIT};
+use harness::{unique, Browsers, Kind, Person, Server, WAIT};
 
 /// The issue's promise: after a reload the call is back within this.
 const RECONNECT_LIMIT: Duration = Duration::from_secs(10);
@@ -163,13 +167,22 @@ fn save_readme_screenshot(person: &Person) {
 
 #[test]
 fn create_and_join_then_both_see_moving_video() {
-    let Some(browsers) = Browsers::get("create_and_join") else {
+    create_and_join("create_and_join", Kind::Chromium);
+}
+
+#[test]
+fn firefox_create_and_join_then_both_see_moving_video() {
+    create_and_join("firefox_create_and_join", Kind::Firefox);
+}
+
+fn create_and_join(test: &str, kind: Kind) {
+    let Some(browsers) = Browsers::get_with(test, &[kind]) else {
         return;
     };
     // Strict peers: the call only works if the pages present their welcome tokens on every post.
     let server = Server::start(&["--strict-peers"]);
-    let creator = browsers.person("creator");
-    let joiner = browsers.person("joiner");
+    let creator = browsers.person_as(kind, "creator");
+    let joiner = browsers.person_as(kind, "joiner");
 
     // An invalid name is refused on the landing page, with the rule in words.
     open_landing(&creator, &server.url);
@@ -197,7 +210,9 @@ fn create_and_join_then_both_see_moving_video() {
     );
 
     start_call(&server.url, &creator, &joiner);
-    save_readme_screenshot(&joiner);
+    if kind == Kind::Chromium {
+        save_readme_screenshot(&joiner);
+    }
 
     // Mute and camera-off act on the local tracks.
     let enabled = "const s = document.querySelector('#local').srcObject;
@@ -257,12 +272,34 @@ fn wait_peer_left(person: &Person) {
 
 #[test]
 fn either_side_reloads_and_the_call_comes_back() {
-    let Some(browsers) = Browsers::get("reload") else {
+    reload("reload", [Kind::Chromium, Kind::Chromium]);
+}
+
+#[test]
+fn firefox_either_side_reloads_and_the_call_comes_back() {
+    reload("firefox_reload", [Kind::Firefox, Kind::Firefox]);
+}
+
+/// Chromium creates, Firefox joins: the call, moving video both ways, reloads on both sides.
+#[test]
+fn chromium_creates_firefox_joins_and_both_reload() {
+    reload("chromium_firefox", [Kind::Chromium, Kind::Firefox]);
+}
+
+/// Firefox creates, Chromium joins: the call, moving video both ways, reloads on both sides.
+#[test]
+fn firefox_creates_chromium_joins_and_both_reload() {
+    reload("firefox_chromium", [Kind::Firefox, Kind::Chromium]);
+}
+
+/// Create + join on the landing page with `kinds` (creator, joiner), then reloads on both sides.
+fn reload(test: &str, kinds: [Kind; 2]) {
+    let Some(browsers) = Browsers::get_with(test, &kinds) else {
         return;
     };
     let server = Server::start(&[]);
-    let creator = browsers.person("creator");
-    let joiner = browsers.person("joiner");
+    let creator = browsers.person_as(kinds[0], "creator");
+    let joiner = browsers.person_as(kinds[1], "joiner");
     start_call(&server.url, &creator, &joiner);
     reload_both_sides(&creator, &joiner);
 }
@@ -308,16 +345,25 @@ fn reload_both_sides(creator: &Person, joiner: &Person) {
 
 #[test]
 fn a_third_person_is_told_the_room_is_full() {
-    let Some(browsers) = Browsers::get("room_full") else {
+    room_full("room_full", Kind::Chromium);
+}
+
+#[test]
+fn firefox_a_third_person_is_told_the_room_is_full() {
+    room_full("firefox_room_full", Kind::Firefox);
+}
+
+fn room_full(test: &str, kind: Kind) {
+    let Some(browsers) = Browsers::get_with(test, &[kind]) else {
         return;
     };
     let server = Server::start(&[]);
-    let creator = browsers.person("creator");
-    let joiner = browsers.person("joiner");
+    let creator = browsers.person_as(kind, "creator");
+    let joiner = browsers.person_as(kind, "joiner");
     let room = start_call(&server.url, &creator, &joiner);
     let before = [connections(&creator), connections(&joiner)];
 
-    let third = browsers.person("third");
+    let third = browsers.person_as(kind, "third");
     for link in [format!("/r/{room}"), format!("/r/{room}?as=creator")] {
         third.goto(&format!("{}{link}", server.url));
         third.wait_for("\"this room is full\"", WAIT, |s| {
@@ -353,12 +399,21 @@ fn open_seed_page(person: &Person, server: &Server, html: &str, room: &str) {
 
 #[test]
 fn seed_pages_call_ours_in_both_roles() {
-    let Some(browsers) = Browsers::get("seed_interop") else {
+    seed_interop("seed_interop", Kind::Chromium);
+}
+
+#[test]
+fn firefox_seed_pages_call_ours_in_both_roles() {
+    seed_interop("firefox_seed_interop", Kind::Firefox);
+}
+
+fn seed_interop(test: &str, kind: Kind) {
+    let Some(browsers) = Browsers::get_with(test, &[kind]) else {
         return;
     };
     let server = Server::start(&[]);
-    let seed = browsers.person("seed");
-    let ours = browsers.person("ours");
+    let seed = browsers.person_as(kind, "seed");
+    let ours = browsers.person_as(kind, "ours");
 
     // The seed's creator (wait.html) waits; our joiner page calls it.
     let room = format!("seed-creator-{:x}", unique());
@@ -420,19 +475,44 @@ fn plain_http_on_a_lan_name_says_why_and_joins_receive_only() {
 
 #[test]
 fn no_camera_joins_with_audio_only_and_says_so() {
-    let Some(browsers) = Browsers::get("no_camera") else {
+    no_camera("no_camera", Kind::Chromium);
+}
+
+#[test]
+fn firefox_no_camera_joins_with_audio_only_and_says_so() {
+    no_camera("firefox_no_camera", Kind::Firefox);
+}
+
+fn no_camera(test: &str, kind: Kind) {
+    let Some(browsers) = Browsers::get_with(test, &[kind]) else {
         return;
     };
     let server = Server::start(&[]);
-    let creator = browsers.person("creator");
-    let joiner = browsers.person("joiner");
+    let creator = browsers.person_as(kind, "creator");
     // The joiner's computer has a microphone but no camera.
-    joiner.add_init_script(
-        "const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
-         navigator.mediaDevices.getUserMedia = (constraints) => constraints && constraints.video
-           ? Promise.reject(new DOMException('Requested device not found', 'NotFoundError'))
-           : real(constraints);",
-    );
+    let joiner = match kind {
+        Kind::Chromium => {
+            let joiner = browsers.person("joiner");
+            joiner.add_init_script(
+                "const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+                 navigator.mediaDevices.getUserMedia = (constraints) => constraints && constraints.video
+                   ? Promise.reject(new DOMException('Requested device not found', 'NotFoundError'))
+                   : real(constraints);",
+            );
+            joiner
+        }
+        // Firefox looks for a real camera by this name instead of its fake one (the fake
+        // microphone stays): there is none, so getUserMedia finds no camera, as on a desktop
+        // without one.
+        Kind::Firefox => {
+            let mut prefs = serde_json::Map::new();
+            prefs.insert(
+                "media.video_loopback_dev".into(),
+                json!("sigrelay-test: no such camera"),
+            );
+            browsers.firefox_with("joiner", prefs)
+        }
+    };
     let room = format!("no-camera-{:x}", unique());
     creator.goto(&format!("{}/r/{room}?as=creator", server.url));
     creator.wait_for("the creator's page, subscribed", WAIT, |s| s["peers"] == 1);
@@ -970,4 +1050,150 @@ fn a_call_forced_through_turn_over_tcp_connects() {
         assert_no_console_errors(person);
     }
     keep_screenshot(&joiner, "turn-tcp");
+}
+
+/// Firefox with WebRTC turned off (`media.peerconnection.enabled=false`, a real setting some
+/// schools deploy; it removes RTCPeerConnection as Debian 12's WebKitGTK lacks it): that page
+/// fails clearly and names what is missing, and the other person, in either role and under
+/// `--strict-peers`, is told instead of waiting forever.
+#[test]
+fn a_browser_without_webrtc_says_so_and_the_other_person_is_told() {
+    let Some(browsers) = Browsers::get_with("no_webrtc", &[Kind::Chromium, Kind::Firefox]) else {
+        return;
+    };
+    let server = Server::start(&["--strict-peers"]);
+    let capable = browsers.person("capable");
+    let mut off = serde_json::Map::new();
+    off.insert("media.peerconnection.enabled".into(), json!(false));
+    let without = browsers.firefox_with("without-webrtc", off);
+
+    for (capable_as, without_as) in [("?as=creator", ""), ("", "?as=creator")] {
+        let room = format!("no-webrtc-{:x}", unique());
+        capable.goto(&format!("{}/r/{room}{capable_as}", server.url));
+        capable.wait_for("the capable page, subscribed and alone", WAIT, |s| {
+            s["peers"] == 1
+        });
+        without.goto(&format!("{}/r/{room}{without_as}", server.url));
+        let shown = without.wait_for("\"this browser cannot make video calls\"", WAIT, |s| {
+            s["state"] == "failed" && notice(s).contains("cannot make video calls")
+        });
+        let text = notice(&shown);
+        assert!(
+            text.contains("rtcpeerconnection") && text.contains("firefox"),
+            "the page does not say what is missing and what to use: {text}"
+        );
+        let told = capable.wait_for("\"the other person's browser cannot\"", WAIT, |s| {
+            notice(s).contains("the other person's browser cannot do video calls")
+        });
+        assert_ne!(told["state"], "connected", "{told:#}");
+        // The page that cannot call leaves the room, so someone who can is let in.
+        capable.wait_for("the room back to one person", WAIT, |s| s["peers"] == 1);
+        keep_screenshot(&without, "no-webrtc");
+        keep_screenshot(&capable, "other-has-no-webrtc");
+        assert_no_console_errors(&capable);
+    }
+}
+
+/// What a phone-sized page must show and let the person reach: `(selector, a button?)`.
+const PHONE_ESSENTIALS: &[(&str, bool)] = &[
+    ("#room-name", false),
+    ("#role", false),
+    ("#status", false),
+    ("#remote", false),
+    ("#mute", true),
+    ("#camera", true),
+    ("#hangup", true),
+    ("#copy", true),
+];
+
+/// For each selector: is it inside the viewport, not clipped by its own box (its text fits),
+/// the topmost element at its centre, and how big is it.
+const LAYOUT: &str = r#"
+const out = {
+  overflowX: document.documentElement.scrollWidth - window.innerWidth,
+  viewport: [window.innerWidth, window.innerHeight],
+};
+for (const css of arguments[0]) {
+  const e = document.querySelector(css);
+  if (!e) { out[css] = null; continue; }
+  const r = e.getBoundingClientRect();
+  const cx = r.left + r.width / 2, cy = r.top + r.height / 2;
+  const top = document.elementFromPoint(cx, cy);
+  out[css] = {
+    width: r.width, height: r.height,
+    inView: r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0 &&
+            r.right <= window.innerWidth + 0.5 && r.bottom <= window.innerHeight + 0.5,
+    // Cut short by its own box, or by an ancestor that hides what overflows it.
+    clipped: e.scrollWidth > e.clientWidth + 1 || (() => {
+      for (let a = e.parentElement; a; a = a.parentElement) {
+        const style = getComputedStyle(a);
+        if (style.overflowX === 'visible' && style.overflowY === 'visible') continue;
+        const b = a.getBoundingClientRect();
+        if (r.left < b.left - 0.5 || r.right > b.right + 0.5 ||
+            r.top < b.top - 0.5 || r.bottom > b.bottom + 0.5) return true;
+      }
+      return false;
+    })(),
+    reachable: !!top && (top === e || e.contains(top)),
+  };
+}
+return out;
+"#;
+
+fn assert_fits_a_phone(person: &Person) {
+    let selectors: Vec<&str> = PHONE_ESSENTIALS.iter().map(|(css, _)| *css).collect();
+    let layout = person.exec(LAYOUT, vec![json!(selectors)]);
+    assert_eq!(
+        layout["viewport"],
+        json!([390, 844]),
+        "not phone-sized: {layout:#}"
+    );
+    assert!(
+        layout["overflowX"].as_f64().unwrap_or(1.0) <= 0.0,
+        "{}: the page scrolls sideways: {layout:#}",
+        person.name
+    );
+    for (css, button) in PHONE_ESSENTIALS {
+        let e = &layout[*css];
+        assert!(
+            e["inView"] == true && e["clipped"] == false,
+            "{}: {css} is not fully visible: {layout:#}",
+            person.name
+        );
+        if *button {
+            assert!(
+                e["reachable"] == true
+                    && e["height"].as_f64().unwrap_or(0.0) >= 44.0
+                    && e["width"].as_f64().unwrap_or(0.0) >= 44.0,
+                "{}: {css} is not a reachable 44 px target: {layout:#}",
+                person.name
+            );
+        }
+    }
+}
+
+/// Two phones (Chromium's mobile emulation, 390x844 at DPR 3 with touch) create and join on
+/// the landing page; both see moving video, everything the person needs is on the screen
+/// (the role label included) and every button is a reachable target of at least 44 px.
+/// `docs/phone-creator.png` and `docs/phone-joiner.png` are written when missing or with
+/// `SIGRELAY_UPDATE_SCREENSHOT=1`.
+#[test]
+fn a_call_between_two_phones_fits_the_screen() {
+    let Some(browsers) = Browsers::get("phones") else {
+        return;
+    };
+    let server = Server::start(&[]);
+    let creator = browsers.phone("creator");
+    let joiner = browsers.phone("joiner");
+    start_call(&server.url, &creator, &joiner);
+    let update = std::env::var("SIGRELAY_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1");
+    for (person, name) in [(&creator, "phone-creator"), (&joiner, "phone-joiner")] {
+        keep_screenshot(person, name);
+        assert_fits_a_phone(person);
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("docs/{name}.png"));
+        if update || !docs.exists() {
+            person.screenshot(&docs);
+        }
+        assert_no_console_errors(person);
+    }
 }

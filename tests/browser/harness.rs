@@ -1,16 +1,18 @@
-//! What the browser tests stand on: finding Chromium and chromedriver, refusing to run WebRTC
-//! outside a loopback-only network namespace, the real `sigrelay` binary as a child process,
-//! and a `Person` (one Chromium profile) with bounded waits on what its page shows.
+//! What the browser tests stand on: finding Chromium and chromedriver, Firefox and geckodriver,
+//! refusing to run WebRTC outside a loopback-only network namespace, the real `sigrelay`
+//! binary as a child process, and a `Person` (one browser with a profile of its own, Chromium
+//! or Firefox, desktop- or phone-sized) with bounded waits on what its page shows.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub use crate::webdriver::Kind;
 use crate::webdriver::{Driver, Session};
 
 /// Every wait in these tests ends by this deadline at the latest.
@@ -64,50 +66,130 @@ pub fn unique() -> u64 {
     u64::from(nanos) << 16 | COUNT.fetch_add(1, Ordering::SeqCst) as u64
 }
 
-/// What a scenario needs: the programs found, and the lock that runs scenarios one at a time.
-pub struct Browsers {
-    chromium: PathBuf,
-    driver: Driver,
-    people: AtomicUsize,
-    scratch: PathBuf,
-    _turn: MutexGuard<'static, ()>,
+/// A browser program and its WebDriver server.
+struct Programs {
+    browser: PathBuf,
+    driver: PathBuf,
 }
 
-impl Browsers {
-    /// Finds Chromium and chromedriver and checks the network namespace. Returns None (after
-    /// saying why) when the browser tests cannot run here, unless `SIGRELAY_REQUIRE_BROWSER=1`,
-    /// under which that is a failure.
-    pub fn get(test: &str) -> Option<Browsers> {
-        Self::get_with_home(test, None)
-    }
-
-    /// As [`Browsers::get`], with the browsers' `$HOME` set to `home` (its `.pki/nssdb` is the
-    /// certificate store Chromium on Linux trusts besides its own roots).
-    pub fn get_with_home(test: &str, home: Option<&Path>) -> Option<Browsers> {
-        let required = std::env::var("SIGRELAY_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
-        let skip = |why: String| {
-            assert!(!required, "{test}: {why} (and SIGRELAY_REQUIRE_BROWSER=1)");
-            say(&format!("{test}: skipped: {why}"));
-            None
-        };
-        let Some(chromium) = from_env_or_path(
+/// Finds a browser and its driver, or says what is missing and how to get it.
+fn find(kind: Kind) -> std::result::Result<Programs, String> {
+    let (browser_var, browsers, driver_var, drivers, hint) = match kind {
+        Kind::Chromium => (
             "SIGRELAY_CHROMIUM",
             &[
                 "chromium",
                 "chromium-browser",
                 "google-chrome",
                 "google-chrome-stable",
-            ],
-        ) else {
-            return skip("no Chromium (set SIGRELAY_CHROMIUM or put chromium on PATH)".into());
+            ][..],
+            "SIGRELAY_CHROMEDRIVER",
+            &["chromedriver"][..],
+            "Debian: apt-get install chromium chromium-driver",
+        ),
+        Kind::Firefox => (
+            "SIGRELAY_FIREFOX",
+            &["firefox-esr", "firefox"][..],
+            "SIGRELAY_GECKODRIVER",
+            &["geckodriver"][..],
+            "Debian: apt-get install firefox-esr; cargo install --locked geckodriver",
+        ),
+    };
+    let browser = from_env_or_path(browser_var, browsers).ok_or_else(|| {
+        format!(
+            "no {} (set {browser_var} or put it on PATH; {hint})",
+            browsers[0]
+        )
+    })?;
+    // `cargo install` puts geckodriver in ~/.cargo/bin, which a shell's PATH may lack.
+    let cargo_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
+    let driver = from_env_or_path(driver_var, drivers)
+        .or_else(|| Some(cargo_bin?.join(drivers[0])).filter(|p| p.is_file()))
+        .ok_or_else(|| {
+            format!(
+                "no {} (set {driver_var} or put it on PATH; {hint})",
+                drivers[0]
+            )
+        })?;
+    Ok(Programs { browser, driver })
+}
+
+/// Firefox preferences for a call between headless browsers on loopback. Without a camera or
+/// microphone permission Firefox gathers no ICE candidates at all in a loopback-only namespace
+/// (fake streams do not count), hence the permission prefs.
+fn firefox_prefs() -> serde_json::Map<String, Value> {
+    let prefs = json!({
+        "media.navigator.streams.fake": true,
+        "media.navigator.permission.disabled": true,
+        "permissions.default.camera": 1,
+        "permissions.default.microphone": 1,
+        "media.peerconnection.ice.loopback": true,
+        "media.peerconnection.ice.obfuscate_host_addresses": false,
+        // Like Chromium's --autoplay-policy=no-user-gesture-required.
+        "media.autoplay.default": 0,
+        "media.autoplay.blocking_policy": 0,
+        // The page's console on the driver's stdout (geckodriver has no log endpoint).
+        "devtools.console.stdout.content": true,
+        // ... and not the browser's own (its remote-settings loader, backup service, ...).
+        "devtools.console.stdout.chrome": false,
+    });
+    match prefs {
+        Value::Object(map) => map,
+        _ => unreachable!(),
+    }
+}
+
+/// The desktop window every person gets unless they hold a phone.
+const WINDOW: (u32, u32) = (1100, 720);
+
+/// What a scenario needs: the programs found, and the lock that runs scenarios one at a time.
+pub struct Browsers {
+    chromium: Option<Programs>,
+    firefox: Option<Programs>,
+    /// One chromedriver serves every Chromium person; started at the first one.
+    chromedriver: OnceLock<Arc<Driver>>,
+    /// `$HOME` for the browsers when set (`get_with_home`).
+    home: Option<PathBuf>,
+    people: AtomicUsize,
+    scratch: PathBuf,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Browsers {
+    /// Chromium only; see `get_with`.
+    pub fn get(test: &str) -> Option<Browsers> {
+        Self::get_with(test, &[Kind::Chromium])
+    }
+
+    /// Chromium with its `$HOME` set to `home` (its `.pki/nssdb` is the certificate store
+    /// Chromium on Linux trusts besides its own roots).
+    pub fn get_with_home(test: &str, home: Option<&Path>) -> Option<Browsers> {
+        let mut browsers = Self::get_with(test, &[Kind::Chromium])?;
+        browsers.home = home.map(Path::to_path_buf);
+        Some(browsers)
+    }
+
+    /// Finds the browsers of `kinds` and their drivers and checks the network namespace.
+    /// Returns None (after saying why) when the browser tests cannot run here, unless
+    /// `SIGRELAY_REQUIRE_BROWSER=1`, under which that is a failure.
+    pub fn get_with(test: &str, kinds: &[Kind]) -> Option<Browsers> {
+        let required = std::env::var("SIGRELAY_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+        let skip = |why: String| {
+            assert!(!required, "{test}: {why} (and SIGRELAY_REQUIRE_BROWSER=1)");
+            say(&format!("{test}: skipped: {why}"));
+            None
         };
-        let Some(chromedriver) = from_env_or_path("SIGRELAY_CHROMEDRIVER", &["chromedriver"])
-        else {
-            return skip(
-                "no chromedriver (Debian: apt-get install chromium-driver; or set SIGRELAY_CHROMEDRIVER)"
-                    .into(),
-            );
-        };
+        let (mut chromium, mut firefox) = (None, None);
+        for &kind in kinds {
+            let found = match find(kind) {
+                Ok(found) => found,
+                Err(why) => return skip(why),
+            };
+            match kind {
+                Kind::Chromium => chromium = Some(found),
+                Kind::Firefox => firefox = Some(found),
+            }
+        }
         // WebRTC media must never leave 127.0.0.1: Chromium offers every interface it sees.
         let any_network = std::env::var("SIGRELAY_BROWSER_ANY_NETWORK").is_ok_and(|v| v == "1");
         if !any_network {
@@ -132,10 +214,11 @@ impl Browsers {
             std::process::id(),
             unique()
         ));
-        let driver = Driver::start(&chromedriver, home).unwrap_or_else(|e| panic!("{e}"));
         Some(Browsers {
             chromium,
-            driver,
+            firefox,
+            chromedriver: OnceLock::new(),
+            home: None,
             people: AtomicUsize::new(0),
             scratch,
             _turn: turn,
@@ -143,12 +226,43 @@ impl Browsers {
     }
 
     /// A new person: a new headless Chromium with a profile of its own.
-    pub fn person(&self, name: &'static str) -> Person<'_> {
+    pub fn person(&self, name: &'static str) -> Person {
         self.person_with(name, &[])
     }
 
-    pub fn person_with(&self, name: &'static str, extra_args: &[&str]) -> Person<'_> {
+    /// A new person in the browser of `kind`, desktop-sized.
+    pub fn person_as(&self, kind: Kind, name: &'static str) -> Person {
+        match kind {
+            Kind::Chromium => self.person(name),
+            Kind::Firefox => self.firefox_with(name, serde_json::Map::new()),
+        }
+    }
+
+    pub fn person_with(&self, name: &'static str, extra_args: &[&str]) -> Person {
+        let mut args = vec![format!("--window-size={},{}", WINDOW.0, WINDOW.1)];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        self.chromium(name, args, None)
+    }
+
+    /// A person holding a phone: Chromium's mobile emulation of a 390x844 CSS-pixel screen at
+    /// device pixel ratio 3 with touch, and a phone's user agent.
+    pub fn phone(&self, name: &'static str) -> Person {
+        let emulation = json!({
+            "deviceMetrics": { "width": 390, "height": 844, "pixelRatio": 3.0, "touch": true },
+            "userAgent": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 \
+                          (KHTML, like Gecko) Chrome/148.0.0.0 Mobile Safari/537.36",
+        });
+        self.chromium(name, Vec::new(), Some(emulation))
+    }
+
+    fn chromium(&self, name: &'static str, extra: Vec<String>, mobile: Option<Value>) -> Person {
+        let programs = self
+            .chromium
+            .as_ref()
+            .expect("get_with(.., [Kind::Chromium, ..])");
         let n = self.people.fetch_add(1, Ordering::SeqCst);
+        let profile = self.scratch.join(format!("{n}-{name}"));
+        std::fs::create_dir_all(&profile).expect("a profile folder");
         let mut args: Vec<String> = [
             "--headless=new",
             "--no-sandbox",
@@ -165,15 +279,65 @@ impl Browsers {
             "--use-fake-ui-for-media-stream",
             "--allow-loopback-in-peer-connection",
             "--autoplay-policy=no-user-gesture-required",
-            "--window-size=1100,720",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend(extra_args.iter().map(|s| s.to_string()));
-        let profile = self.scratch.join(format!("{n}-{name}"));
-        let session = Session::new(&self.driver, &self.chromium, profile, &args)
+        args.extend(extra);
+        args.push(format!("--user-data-dir={}", profile.display()));
+        let mut options = json!({ "binary": programs.browser, "args": args });
+        if let Some(emulation) = mobile {
+            options["mobileEmulation"] = emulation;
+        }
+        let capabilities = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": options,
+            "goog:loggingPrefs": { "browser": "ALL" },
+            "timeouts": { "script": 30000, "pageLoad": 30000, "implicit": 0 },
+            "unhandledPromptBehavior": "dismiss",
+        });
+        let driver = self.chromedriver.get_or_init(|| {
+            Arc::new(
+                Driver::start(&programs.driver, Kind::Chromium, self.home.as_deref())
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+        });
+        let session = Session::new(Arc::clone(driver), capabilities, Some(profile))
             .unwrap_or_else(|e| panic!("{name}: cannot start Chromium: {e}"));
+        Person { name, session }
+    }
+
+    /// A new person in a headless Firefox (its own geckodriver, which serves one session, and
+    /// a fresh profile geckodriver makes and removes) with `firefox_prefs` and `extra_prefs`.
+    pub fn firefox_with(
+        &self,
+        name: &'static str,
+        extra_prefs: serde_json::Map<String, Value>,
+    ) -> Person {
+        let programs = self
+            .firefox
+            .as_ref()
+            .expect("get_with(.., [Kind::Firefox, ..])");
+        let mut prefs = firefox_prefs();
+        prefs.extend(extra_prefs);
+        let capabilities = json!({
+            "browserName": "firefox",
+            "moz:firefoxOptions": {
+                "binary": programs.browser,
+                "args": ["-headless"],
+                "prefs": prefs,
+            },
+            "timeouts": { "script": 30000, "pageLoad": 30000, "implicit": 0 },
+            "unhandledPromptBehavior": "dismiss",
+        });
+        let driver = Driver::start(&programs.driver, Kind::Firefox, None)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let session = Session::new(Arc::new(driver), capabilities, None)
+            .unwrap_or_else(|e| panic!("{name}: cannot start Firefox: {e}"));
+        // Firefox takes no window size on its command line in headless mode: W3C Set Window Rect.
+        session
+            .set_window_size(WINDOW.0, WINDOW.1)
+            .unwrap_or_else(|e| panic!("{name}: window size: {e}"));
         Person { name, session }
     }
 }
@@ -253,9 +417,9 @@ impl Drop for Server {
 }
 
 /// One person at one browser.
-pub struct Person<'d> {
+pub struct Person {
     pub name: &'static str,
-    session: Session<'d>,
+    session: Session,
 }
 
 /// Reads the page's test hooks: state, status and notice text, and both videos.
@@ -281,7 +445,7 @@ return {
 };
 "#;
 
-impl Person<'_> {
+impl Person {
     pub fn goto(&self, url: &str) {
         self.session
             .goto(url)

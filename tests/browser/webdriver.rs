@@ -1,10 +1,14 @@
-//! A minimal W3C WebDriver client for chromedriver: just the commands the browser tests use,
-//! over a blocking HTTP/1.1 request per command (`Connection: close`), so no async runtime.
+//! A minimal W3C WebDriver client for chromedriver and geckodriver: just the commands the
+//! browser tests use, over a blocking HTTP/1.1 request per command (`Connection: close`), so
+//! no async runtime. The two drivers differ in three ways this file hides: geckodriver serves
+//! one session per process, has no log endpoint (Firefox writes the page's console to the
+//! driver's stdout, which is kept here), and has no Chrome DevTools endpoint.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -106,35 +110,72 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// A chromedriver process on a free loopback port; killed on drop.
+/// Which driver a `Driver` runs: what it can do differs (see the file's opening lines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Chromium,
+    Firefox,
+}
+
+/// At most this many lines of a driver's output are kept between two reads of the console.
+const MAX_OUTPUT_LINES: usize = 10_000;
+
+/// A chromedriver or geckodriver process on a free loopback port; killed on drop.
 pub struct Driver {
     addr: SocketAddr,
     child: Child,
+    kind: Kind,
+    /// geckodriver's stdout and stderr (the Firefox page's console among them).
+    output: Arc<Mutex<Vec<String>>>,
 }
 
 impl Driver {
-    /// Starts chromedriver; the browsers it starts inherit `home` as `$HOME` when given (where
+    /// Starts the driver; the browsers it starts inherit `home` as `$HOME` when given (where
     /// Chromium on Linux reads its NSS certificate store, `$HOME/.pki/nssdb`).
-    pub fn start(chromedriver: &Path, home: Option<&Path>) -> Result<Driver> {
-        // chromedriver needs a port number: take a free one from the kernel, then hand it over.
+    pub fn start(program: &Path, kind: Kind, home: Option<&Path>) -> Result<Driver> {
+        // The drivers need a port number: take a free one from the kernel, then hand it over.
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
             .port();
-        let mut command = Command::new(chromedriver);
+        let mut command = Command::new(program);
+        command.arg(format!("--port={port}")).stdin(Stdio::null());
         if let Some(home) = home {
             command.env("HOME", home);
         }
-        let child = command
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        match kind {
+            Kind::Chromium => command.stdout(Stdio::null()).stderr(Stdio::null()),
+            // `--websocket-port=0`: several geckodrivers at once must not all want 9222.
+            Kind::Firefox => command
+                .args(["--log=warn", "--websocket-port=0"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        };
+        let mut child = command
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", chromedriver.display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let pipes: [Option<Box<dyn Read + Send>>; 2] = [
+            child.stdout.take().map(|p| Box::new(p) as _),
+            child.stderr.take().map(|p| Box::new(p) as _),
+        ];
+        // Drained for the driver's whole life, so that neither it nor Firefox blocks on a pipe.
+        for pipe in pipes.into_iter().flatten() {
+            let output = Arc::clone(&output);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(io::Result::ok) {
+                    let mut lines = output.lock().unwrap();
+                    if lines.len() < MAX_OUTPUT_LINES {
+                        lines.push(line);
+                    }
+                }
+            });
+        }
         let driver = Driver {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child,
+            kind,
+            output,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -144,7 +185,10 @@ impl Driver {
                 }
             }
             if Instant::now() > deadline {
-                return Err("chromedriver did not become ready within 20 s".into());
+                return Err(format!(
+                    "{} did not become ready within 20 s",
+                    program.display()
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -179,36 +223,21 @@ impl Drop for Driver {
     }
 }
 
-/// One browser (one person): a chromedriver session with its own Chromium profile directory.
-/// Dropping it quits the browser and removes the profile.
-pub struct Session<'d> {
-    driver: &'d Driver,
+/// One browser (one person): a WebDriver session started with `capabilities`. Dropping it
+/// quits the browser and removes `profile` (a folder the caller made for it), if any.
+pub struct Session {
+    driver: Arc<Driver>,
     id: String,
-    profile: PathBuf,
+    profile: Option<PathBuf>,
 }
 
-impl<'d> Session<'d> {
-    pub fn new(
-        driver: &'d Driver,
-        chromium: &Path,
-        profile: PathBuf,
-        args: &[String],
-    ) -> Result<Self> {
-        std::fs::create_dir_all(&profile).map_err(|e| format!("profile dir: {e}"))?;
-        let mut all_args = args.to_vec();
-        all_args.push(format!("--user-data-dir={}", profile.display()));
-        let capabilities = json!({
-            "capabilities": {
-                "alwaysMatch": {
-                    "browserName": "chrome",
-                    "goog:chromeOptions": { "binary": chromium, "args": all_args },
-                    "goog:loggingPrefs": { "browser": "ALL" },
-                    "timeouts": { "script": 30000, "pageLoad": 30000, "implicit": 0 },
-                    "unhandledPromptBehavior": "dismiss",
-                }
-            }
-        });
-        let value = driver.command("POST", "/session", Some(capabilities))?;
+impl Session {
+    pub fn new(driver: Arc<Driver>, capabilities: Value, profile: Option<PathBuf>) -> Result<Self> {
+        let value = driver.command(
+            "POST",
+            "/session",
+            Some(json!({ "capabilities": { "alwaysMatch": capabilities } })),
+        )?;
         let id = value["sessionId"]
             .as_str()
             .ok_or_else(|| format!("no sessionId in {value}"))?
@@ -272,9 +301,18 @@ impl<'d> Session<'d> {
         .map(drop)
     }
 
+    /// W3C Set Window Rect: the window's outer size in CSS pixels.
+    pub fn set_window_size(&self, width: u32, height: u32) -> Result<()> {
+        let rect = json!({ "width": width, "height": height });
+        self.cmd("POST", "/window/rect", Some(rect)).map(drop)
+    }
+
     /// Runs `source` in every document this browser opens from now on, before the page's
-    /// own scripts (Chrome DevTools `Page.addScriptToEvaluateOnNewDocument`).
+    /// own scripts (Chrome DevTools `Page.addScriptToEvaluateOnNewDocument`; Chromium only).
     pub fn add_init_script(&self, source: &str) -> Result<()> {
+        if self.driver.kind != Kind::Chromium {
+            return Err("init scripts need Chrome DevTools (Chromium only)".into());
+        }
         let params = json!({ "cmd": "Page.addScriptToEvaluateOnNewDocument", "params": { "source": source } });
         self.cmd("POST", "/goog/cdp/execute", Some(params))
             .map(drop)
@@ -287,7 +325,32 @@ impl<'d> Session<'d> {
     }
 
     /// Console messages since the last call: `(level, message)`, e.g. `("SEVERE", "...")`.
+    /// Firefox's come from its driver's output (`devtools.console.stdout.content`), where
+    /// `console.error: ...` and uncaught `JavaScript error: http...` lines count as SEVERE.
     pub fn console_log(&self) -> Result<Vec<(String, String)>> {
+        if self.driver.kind == Kind::Firefox {
+            let lines = std::mem::take(&mut *self.driver.output.lock().unwrap());
+            return Ok(lines
+                .into_iter()
+                .filter_map(|line| {
+                    // Uncaught errors of the browser's own code (resource://, chrome://)
+                    // are not the page's.
+                    let page_error = line.starts_with("JavaScript error: http");
+                    let level = if page_error
+                        || line
+                            .strip_prefix("console.error: ")
+                            .is_some_and(|rest| !is_browser_logger(rest))
+                    {
+                        "SEVERE"
+                    } else if line.starts_with("console.") {
+                        "INFO"
+                    } else {
+                        return None;
+                    };
+                    Some((level.to_string(), line))
+                })
+                .collect());
+        }
         let value = self.cmd("POST", "/se/log", Some(json!({ "type": "browser" })))?;
         Ok(value
             .as_array()
@@ -304,11 +367,24 @@ impl<'d> Session<'d> {
     }
 }
 
-impl Drop for Session<'_> {
+impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.cmd("DELETE", "", None);
-        let _ = std::fs::remove_dir_all(&self.profile);
+        if let Some(profile) = &self.profile {
+            let _ = std::fs::remove_dir_all(profile);
+        }
     }
+}
+
+/// Firefox's own modules log with a bare prefix (`console.error: RSLoader: ...`); a page's
+/// console arguments come quoted or as objects (`console.error: "sigrelay: ..."`).
+fn is_browser_logger(rest: &str) -> bool {
+    rest.split_once(": ").is_some_and(|(prefix, _)| {
+        prefix.starts_with(|c: char| c.is_ascii_alphabetic())
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    }) || rest.trim_end().ends_with(':') && !rest.starts_with(['"', '('])
 }
 
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
@@ -333,6 +409,16 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+#[test]
+fn firefox_browser_loggers_are_told_from_the_page() {
+    assert!(is_browser_logger("RSLoader: "));
+    assert!(is_browser_logger("RSLoader: something failed"));
+    assert!(!is_browser_logger(
+        "\"sigrelay: could not send bye:\" TypeError"
+    ));
+    assert!(!is_browser_logger("(new Error(\"x\"))"));
 }
 
 #[test]
