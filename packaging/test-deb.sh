@@ -71,8 +71,13 @@ dpkg -i "$deb" >/dev/null
 
 if command -v systemd-analyze >/dev/null; then
     say "systemd-analyze verify $unit"
-    # Works without a running systemd; it also checks that ExecStart's binary exists.
-    systemd-analyze verify "$unit" || fail "systemd-analyze verify"
+    # Works without a running systemd; it also checks that ExecStart's binary exists and, when
+    # man is installed, that Documentation=man:sigrelay(1) opens the installed page.
+    man_check=--man=yes
+    command -v man >/dev/null || man_check=--man=no
+    systemd-analyze verify "$man_check" "$unit" || fail "systemd-analyze verify"
+    # systemd's own score of the sandbox (0 = locked down, 10 = exposed), for a person to read.
+    systemd-analyze security --offline=yes "$unit" 2>/dev/null | grep -i "overall exposure" || true
 elif [ -n "${CI:-}" ]; then
     fail "systemd-analyze is not installed (package systemd)"
 else
