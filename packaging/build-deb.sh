@@ -6,4 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run --quiet --example gen-assets -- target/assets >/dev/null
+# Debian wants a changelog; this one names the version and the commit, dated by the commit (so
+# the same checkout packs the same bytes).
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+maintainer=$(sed -n 's/^maintainer = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+commit=$(git rev-parse --short HEAD 2>/dev/null || true)
+date=$(git log -1 --format=%aD 2>/dev/null || date -R)
+{
+    echo "sigrelay ($version) unstable; urgency=medium"
+    echo
+    echo "  * sigrelay $version${commit:+ (git commit $commit)}; see README.md."
+    echo
+    echo " -- $maintainer  $date"
+} >target/assets/changelog
 cargo deb "$@"
