@@ -15,7 +15,7 @@ use clap::Parser;
 /// Speaks the Flask + flask-sse protocol: GET /stream?channel=NAME (EventSource) and
 /// POST /channel/send/NAME/TYPE.
 #[derive(Debug, Parser)]
-#[command(name = "sigrelay", version, about, long_about)]
+#[command(name = "sigrelay", version = crate::VERSION, about, long_about)]
 pub struct Cli {
     /// Address to listen on; repeat to listen on several. Port 0 picks a free port (the bound
     /// address is printed at start-up).

@@ -57,6 +57,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+/// The version `--version`, the man page and the banner print: the package version, plus the
+/// git commit when built from a checkout (see build.rs).
+pub const VERSION: &str = env!("SIGRELAY_BUILD_VERSION");
+
 /// The sockets the server runs on, bound by the caller (so `main` reports a busy port before
 /// anything starts, and tests can bind port 0 and know the port).
 pub struct Listeners {

@@ -202,10 +202,7 @@ fn banner(listeners: &[TcpListener], config: &Config) -> String {
         .filter_map(|l| l.local_addr().ok())
         .flat_map(|addr| server::reachable_urls(addr, scheme))
         .collect();
-    let mut out = format!(
-        "sigrelay {} is running. Open one of:\n",
-        env!("CARGO_PKG_VERSION")
-    );
+    let mut out = format!("sigrelay {} is running. Open one of:\n", sigrelay::VERSION);
     for url in &urls {
         out.push_str(&format!("  {url}\n"));
     }

@@ -1,5 +1,7 @@
 //! The real executable: starts with `--bind 127.0.0.1:0`, prints where it listens, relays, and
-//! exits 0 on SIGTERM even with streams open. Bad flags exit 2 with a clear message.
+//! exits 0 on SIGTERM even with streams open. Bad flags exit 2 with a clear message. `--version`
+//! names the version; the man page, the completions and the Debian package's environment file
+//! cannot drift from `--help`.
 
 mod common;
 
@@ -140,4 +142,108 @@ async fn stun_is_on_by_default_on_the_http_port_and_a_taken_port_falls_back() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen for STUN/TURN"));
     drop(taken);
+}
+
+#[allow(dead_code)] // its `main` is the example's; the test calls `generate`.
+#[path = "../examples/gen-assets.rs"]
+mod gen_assets;
+
+/// What the real binary prints on stdout with this one argument; it must exit 0.
+fn stdout_of(arg: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sigrelay"))
+        .arg(arg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{arg}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `sigrelay --help` run for real, and the long flags it lists.
+fn help_and_long_flags() -> (String, Vec<String>) {
+    let help = stdout_of("--help");
+    let mut flags: Vec<String> = help
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim_start();
+            let line = line.strip_prefix("-h, ").unwrap_or(line);
+            let line = line.strip_prefix("-V, ").unwrap_or(line);
+            let flag = line.strip_prefix("--")?;
+            let end = flag
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .unwrap_or(flag.len());
+            Some(format!("--{}", &flag[..end]))
+        })
+        .collect();
+    flags.dedup();
+    assert!(
+        flags.len() > 30,
+        "too few flags parsed from --help: {flags:?}"
+    );
+    (help, flags)
+}
+
+#[test]
+fn version_names_the_package_version() {
+    let line = stdout_of("--version");
+    // "sigrelay 0.1.0" or, from a git checkout, "sigrelay 0.1.0 (3f2c1ab)".
+    let rest = line
+        .trim_end()
+        .strip_prefix(concat!("sigrelay ", env!("CARGO_PKG_VERSION")))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    assert!(
+        rest.is_empty()
+            || (rest.starts_with(" (")
+                && rest.ends_with(')')
+                && rest[2..rest.len() - 1]
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit())),
+        "{line:?}"
+    );
+    assert_eq!(
+        line.trim_end(),
+        format!("sigrelay {}", sigrelay::VERSION),
+        "the binary and the library disagree"
+    );
+}
+
+#[test]
+fn man_page_and_completions_name_every_flag_of_help() {
+    let (_, flags) = help_and_long_flags();
+    let dir = std::env::temp_dir().join(format!("sigrelay-assets-{}", std::process::id()));
+    let written = gen_assets::generate(&dir).unwrap();
+    assert_eq!(written.len(), 4, "{written:?}");
+    for path in &written {
+        // roff escapes each '-' as "\-".
+        let text = std::fs::read_to_string(path).unwrap().replace("\\-", "-");
+        for flag in &flags {
+            // fish writes `-l bind` rather than `--bind`.
+            let fish = format!("-l {}", &flag[2..]);
+            assert!(
+                text.contains(flag.as_str()) || text.contains(&fish),
+                "{} does not mention {flag}",
+                path.display()
+            );
+        }
+    }
+    let man = std::fs::read_to_string(dir.join("sigrelay.1")).unwrap();
+    assert!(man.contains(sigrelay::VERSION), "man page has no version");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn environment_file_names_only_real_variables() {
+    // Every SIGRELAY_* in the packaged /etc/default/sigrelay is one `--help` lists.
+    let (help, _) = help_and_long_flags();
+    let file = include_str!("../packaging/debian/sigrelay.default");
+    let mut seen = 0;
+    for word in file.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("SIGRELAY_") {
+            seen += 1;
+            assert!(
+                help.contains(&format!("[env: {word}")),
+                "{word} in packaging/debian/sigrelay.default is not a flag's variable"
+            );
+        }
+    }
+    assert!(seen > 5);
 }
