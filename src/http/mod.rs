@@ -66,6 +66,7 @@ pub struct PublishAdmission {
     verdict: origin::Verdict,
     target: PublishTarget,
     from: Option<publish::Sender>,
+    to: Option<crate::names::PeerId>,
 }
 
 /// Who is asking, and over what.
@@ -179,7 +180,7 @@ impl App {
     /// The admission of `POST /channel/send/...`, for the route and `http::fast` alike, from
     /// the request head alone (before any body byte is read): Host, origin, the sender
     /// client's publish rate (the real client behind a `--trusted-proxy`), the target, the
-    /// peer token.
+    /// peer token, the addressee (`to`).
     pub fn admit_publish<B>(
         &self,
         req: &Request<B>,
@@ -195,10 +196,12 @@ impl App {
         let rest = req.uri().path().strip_prefix("/channel/send/");
         let target = PublishTarget::parse(rest.ok_or(ApiError::NotFound)?)?;
         let from = publish::sender(self, &target.channel, req.headers())?;
+        let to = publish::addressee(req)?;
         Ok(PublishAdmission {
             verdict,
             target,
             from,
+            to,
         })
     }
 
@@ -211,7 +214,8 @@ impl App {
         if body.len() > self.config.max_body {
             return Err(ApiError::PayloadTooLarge(self.config.max_body));
         }
-        let json = publish::publish_body(self, admitted.target, admitted.from, body).await?;
+        let json =
+            publish::publish_body(self, admitted.target, admitted.from, admitted.to, body).await?;
         Ok(PublishedAnswer {
             json,
             cors_origin: admitted.verdict.into_allowed_origin(),
