@@ -8,7 +8,7 @@
 //! - `publish.rs` `POST /channel/send/NAME/TYPE`
 //! - `fast/`      both of those served on the socket outside hyper, for plain-http connections
 //!   (`fast/mod.rs` is the contract: what is served there, its invariants, what hyper gets)
-//! - `pages.rs`   `GET /`, `/r/ROOM`, `/assets/...`, `/config`, `/qr.svg`, the https redirect;
+//! - `pages.rs`   `GET /`, `/check`, `/r/ROOM`, `/assets/...`, `/config`, `/qr.svg`, the https redirect;
 //!   `/healthz` and `/metrics` are answered here
 //!
 //! Each relay endpoint has one admission sequence, here in [`App`], that the route and the
@@ -290,6 +290,7 @@ impl App {
         }
         let page = match path {
             "/" => pages::file("index.html", &req),
+            "/check" => pages::file("check.html", &req),
             "/config" => pages::client_config(&self.config.ice, &req, &self.view(&req, client)),
             "/healthz" => Ok(self.health()),
             "/metrics" => Ok(self.metrics_page()),
