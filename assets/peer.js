@@ -75,8 +75,10 @@ export class Peer {
   addTracks(tracks) {
     this.tracksAdded = true;
     const kinds = new Set();
+    // With a stream: the seed's pages show `event.streams[0]` and nothing without one.
+    const outgoing = new MediaStream();
     for (const track of tracks) {
-      this.pc.addTrack(track);
+      this.pc.addTrack(track, outgoing);
       kinds.add(track.kind);
     }
     // Receive what we cannot send, so a receive-only page still gets audio and video (an
