@@ -89,7 +89,7 @@ pub struct Cli {
         long = "room-capacity",
         value_name = "N",
         env = "SIGRELAY_ROOM_CAPACITY",
-        default_value_t = 2
+        default_value_t = 6
     )]
     pub room_capacity: usize,
 

@@ -70,7 +70,7 @@ impl Default for Config {
                 history_bytes: 1024 * 1024,
                 history_budget: 64 * 1024 * 1024,
                 history_ttl: Duration::from_secs(60),
-                room_capacity: 2,
+                room_capacity: 6,
                 broadcast_capacity: 16,
                 max_channels: 100_000,
                 max_subscribers: 1_000,

@@ -199,9 +199,22 @@ pub fn python_json(value: &serde_json::Value) -> String {
     out
 }
 
-/// `event: presence` with `{"subscribers": N, "peers": M}`: who is in the room now.
-pub fn presence_frame(subscribers: usize, peers: usize) -> Bytes {
-    let data = format!(r#"{{"subscribers": {subscribers}, "peers": {peers}}}"#);
+/// `event: presence` with `{"subscribers": N, "peers": M, "present": [ids]}`: who is in the
+/// room now. `present` lists the peer ids holding a place (sorted, so every instance and every
+/// subscriber sees the same list); `peers` is its length, kept for older pages.
+pub fn presence_frame<S: AsRef<str>>(subscribers: usize, present: &[S]) -> Bytes {
+    let mut data = format!(
+        r#"{{"subscribers": {subscribers}, "peers": {}, "present": ["#,
+        present.len()
+    );
+    for (i, peer) in present.iter().enumerate() {
+        if i > 0 {
+            data.push_str(", ");
+        }
+        // Peer ids are `[A-Za-z0-9_-]`: nothing to escape, but the encoder says so itself.
+        data.push_str(&serde_json::Value::from(peer.as_ref()).to_string());
+    }
+    data.push_str("]}");
     event_frame(None, PRESENCE, &data)
 }
 
@@ -312,11 +325,14 @@ mod tests {
 
     #[tokio::test]
     async fn presence_and_gap() {
-        let mut stream = presence_frame(2, 1).to_vec();
+        let mut stream = presence_frame(2, &["alice"]).to_vec();
         stream.extend_from_slice(&gap_frame("5", 9));
         let events = parse(&stream).await;
         assert_eq!(events[0].event, "presence");
-        assert_eq!(events[0].data, r#"{"subscribers": 2, "peers": 1}"#);
+        assert_eq!(
+            events[0].data,
+            r#"{"subscribers": 2, "peers": 1, "present": ["alice"]}"#
+        );
         assert_eq!(events[1].event, "gap");
         assert_eq!(events[1].id, "9");
         assert_eq!(events[1].data, r#"{"lastEventId":"5","resumeFrom":"9"}"#);

@@ -83,7 +83,7 @@ fn start_call(base: &str, creator: &Person, joiner: &Person) -> String {
     creator.click("#create");
     let creator_url = format!("{base}/r/{room}?as=creator");
     creator.wait_for("the creator's page, subscribed and alone", WAIT, |s| {
-        s["url"] == creator_url.as_str() && s["peers"] == 1 && s["state"] == "waiting"
+        s["url"] == creator_url.as_str() && s["peers"] == 0 && s["state"] == "waiting"
     });
 
     open_landing(joiner, base);
@@ -264,8 +264,9 @@ fn wait_peer_left(person: &Person) {
     let after = person.wait_for("\"peer left\", waiting again", WAIT, |s| {
         s["state"] == "waiting" && notice(s).contains("peer left")
     });
-    assert_eq!(
-        after["remote"]["hasStream"], false,
+    // The other person's video is gone (or, on an older page, emptied).
+    assert!(
+        after["remote"].is_null() || after["remote"]["hasStream"] == false,
         "remote video not cleared: {after}"
     );
 }
@@ -357,7 +358,8 @@ fn room_full(test: &str, kind: Kind) {
     let Some(browsers) = Browsers::get_with(test, &[kind]) else {
         return;
     };
-    let server = Server::start(&[]);
+    // A room of two (the default is six: see `a_group_of_four` for a full group).
+    let server = Server::start(&["--room-capacity", "2"]);
     let creator = browsers.person_as(kind, "creator");
     let joiner = browsers.person_as(kind, "joiner");
     let room = start_call(&server.url, &creator, &joiner);
@@ -428,7 +430,7 @@ fn seed_interop(test: &str, kind: Kind) {
     let room = format!("seed-joiner-{:x}", unique());
     ours.goto(&format!("{}/r/{room}?as=creator", server.url));
     ours.wait_for("our creator page, subscribed and alone", WAIT, |s| {
-        s["peers"] == 1 && s["state"] == "waiting"
+        s["peers"] == 0 && s["state"] == "waiting"
     });
     open_seed_page(&seed, &server, SEED_JOIN, &room);
     ours.wait_state("connected");
@@ -455,7 +457,7 @@ fn plain_http_on_a_lan_name_says_why_and_joins_receive_only() {
     );
     let room = format!("insecure-{:x}", unique());
     creator.goto(&format!("{}/r/{room}?as=creator", server.url));
-    creator.wait_for("the creator's page, subscribed", WAIT, |s| s["peers"] == 1);
+    creator.wait_for("the creator's page, subscribed", WAIT, |s| s["peers"] == 0);
 
     let lan_url = server.url.replace("127.0.0.1", "classroom.test");
     joiner.goto(&format!("{lan_url}/r/{room}"));
@@ -515,7 +517,7 @@ fn no_camera(test: &str, kind: Kind) {
     };
     let room = format!("no-camera-{:x}", unique());
     creator.goto(&format!("{}/r/{room}?as=creator", server.url));
-    creator.wait_for("the creator's page, subscribed", WAIT, |s| s["peers"] == 1);
+    creator.wait_for("the creator's page, subscribed", WAIT, |s| s["peers"] == 0);
     joiner.goto(&format!("{}/r/{room}", server.url));
     let shown = joiner.wait_for("the audio-only notice", WAIT, |s| {
         s["media"] == "audio" && notice(s).contains("audio only")
@@ -526,7 +528,7 @@ fn no_camera(test: &str, kind: Kind) {
     }
     joiner.wait_remote_video_moving();
     let audio = creator.exec(
-        "const s = document.querySelector('#remote').srcObject;
+        "const s = document.querySelector('#remotes video').srcObject;
          return s ? s.getAudioTracks().length : -1;",
         vec![],
     );
@@ -550,7 +552,7 @@ fn open_room(base: &str, creator: &Person, joiner: &Person, prefix: &str, extra:
     let and = if extra.is_empty() { "" } else { "&" };
     creator.goto(&format!("{base}/r/{room}?as=creator{and}{extra}"));
     creator.wait_for("the creator's page, subscribed and alone", WAIT, |s| {
-        s["peers"] == 1 && s["state"] == "waiting"
+        s["peers"] == 0 && s["state"] == "waiting"
     });
     let query = if extra.is_empty() {
         String::new()
@@ -1195,5 +1197,283 @@ fn a_call_between_two_phones_fits_the_screen() {
             person.screenshot(&docs);
         }
         assert_no_console_errors(person);
+    }
+}
+
+/// Arguments for the people of a group call: a smaller window and a small fake camera (four
+/// or more Chromiums share two cores), and a screen share that picks this tab by itself.
+const GROUP_ARGS: &[&str] = &[
+    "--window-size=800,600",
+    "--use-fake-device-for-media-stream=fps=10",
+    "--auto-accept-this-tab-capture",
+    "--auto-select-tab-capture-source-by-title=sigrelay",
+];
+
+/// Waits until `person` is connected to `others` people, each shown in its own labelled video
+/// whose picture moves, and `body[data-peers]` says so. On a timeout, prints what every page's
+/// connections did (`window.sigrelayTrace`) before failing.
+fn wait_group(person: &Person, others: usize, everyone: &[Person]) -> Value {
+    let all_connected = |s: &Value| {
+        s["state"] == "connected"
+            && s["peers"] == others
+            && s["remotes"].as_array().is_some_and(|r| {
+                r.len() == others
+                    && r.iter()
+                        .all(|v| v["width"].as_u64().unwrap_or(0) > 0 && v["state"] == "connected")
+            })
+    };
+    let deadline = Instant::now() + GROUP_WAIT;
+    let mut connected = person.snapshot();
+    while !all_connected(&connected) {
+        if Instant::now() > deadline {
+            for someone in everyone {
+                let trace = someone.exec("return window.sigrelayTrace || [];", vec![]);
+                let me = someone.exec("return document.body.dataset.me;", vec![]);
+                eprintln!("{} ({me}): {trace:#}", someone.name);
+            }
+            panic!(
+                "{}: not connected to {others} others within {GROUP_WAIT:?}: {connected:#}",
+                person.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        connected = person.snapshot();
+    }
+    let times: Vec<f64> = connected["remotes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["time"].as_f64().unwrap_or(0.0))
+        .collect();
+    person.wait_for("every remote video moving", GROUP_WAIT, |s| {
+        s["remotes"].as_array().is_some_and(|r| {
+            r.len() == others
+                && r.iter()
+                    .zip(&times)
+                    .all(|(v, t0)| v["time"].as_f64().unwrap_or(0.0) > t0 + 0.5)
+        })
+    })
+}
+
+/// Generous but bounded: four headless Chromiums with fake cameras on two cores.
+const GROUP_WAIT: Duration = Duration::from_secs(120);
+
+/// Makes `people` open `url` at the same instant (each page schedules its own navigation for
+/// one shared moment), as two people clicking the link together.
+fn open_together(people: &[&Person], url: &str) {
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 1500;
+    for person in people {
+        person.exec(
+            "const [url, at] = arguments;
+             setTimeout(() => { location.href = url; }, Math.max(0, at - Date.now()));
+             return true;",
+            vec![json!(url), json!(at)],
+        );
+    }
+}
+
+#[test]
+fn a_group_of_four_sees_chats_reloads_shares_and_refuses_a_fifth() {
+    let Some(browsers) = Browsers::get("group") else {
+        return;
+    };
+    let server = Server::start(&["--room-capacity", "4", "--strict-peers"]);
+    let names = ["ana", "ben", "cleo", "dev"];
+    let people: Vec<Person> = names
+        .iter()
+        .map(|name| browsers.person_with(name, GROUP_ARGS))
+        .collect();
+    let room = format!("group-{:x}", unique());
+    let url = format!("{}/r/{room}", server.url);
+    let started = Instant::now();
+
+    // Two come one after the other, then two at the same instant.
+    people[0].goto(&format!("{url}?as=creator"));
+    people[0].wait_for("the first, alone", WAIT, |s| {
+        s["peers"] == 0 && s["state"] == "waiting"
+    });
+    people[1].goto(&url);
+    for person in &people[2..] {
+        person.goto(&format!("{}/", server.url));
+    }
+    open_together(&[&people[2], &people[3]], &url);
+    for person in &people {
+        wait_group(person, 3, &people);
+    }
+    eprintln!("four people connected after {:?}", started.elapsed());
+    let readme = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/group.png");
+    let update = std::env::var("SIGRELAY_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1");
+    if update || !readme.exists() {
+        people[1].exec(
+            "document.querySelector('#name').value = 'Ben'; return true;",
+            vec![],
+        );
+        people[1].screenshot(&readme);
+    }
+    keep_screenshot(&people[1], "group");
+
+    // Chat: what one writes reaches the other three, with who wrote it, as text.
+    people[0].exec(
+        "const input = document.querySelector('#chat-input');
+         input.value = 'hello <b>all</b>';
+         document.querySelector('#chat button').click(); return true;",
+        vec![],
+    );
+    for person in &people[1..] {
+        person.wait_for("ana's chat message", WAIT, |s| {
+            s["chat"].as_array().is_some_and(|lines| {
+                lines
+                    .iter()
+                    .any(|l| l.as_str().unwrap_or("").ends_with("hello <b>all</b>"))
+            })
+        });
+    }
+    people[0].wait_for("her own message, as hers", WAIT, |s| {
+        s["chat"][0].as_str().unwrap_or("").starts_with("You")
+    });
+
+    // A middle person reloads (once with goodbye, once silently, as after a crash) and is
+    // connected to all three again.
+    for goodbye in [true, false] {
+        if !goodbye {
+            people[1].exec(SILENCE_GOODBYE, vec![]);
+        }
+        let reloaded = Instant::now();
+        people[1].reload();
+        wait_group(&people[1], 3, &people);
+        let took = reloaded.elapsed();
+        for person in [&people[0], &people[2], &people[3]] {
+            wait_group(person, 3, &people);
+        }
+        eprintln!("ben reloaded (goodbye: {goodbye}): connected to all three after {took:?}");
+        // Four Chromiums decoding three videos each on two cores: the figure is printed (and
+        // in README); the bound only catches a reload that never settles (the two-person
+        // reload test holds the 10 s promise).
+        assert!(
+            took <= GROUP_WAIT,
+            "ben took {took:?} to be back with everyone"
+        );
+    }
+    // A newcomer sees the chat still in the room's history.
+    people[1].wait_for("the chat from before the reload", WAIT, |s| {
+        s["chat"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l.as_str().unwrap_or("").contains("hello")))
+    });
+
+    // A fifth person is told the room is full; nobody else notices.
+    let before: Vec<u64> = people.iter().map(connections).collect();
+    // (A fifth Chromium does not fit on a 2-core machine beside four in a call: the page's
+    // words for a full room are checked in `a_third_person_is_told_the_room_is_full`; here the
+    // fifth is the stream the page would open.)
+    let fifth = {
+        use std::io::{Read, Write};
+        let addr = server.url.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).expect("the server listens");
+        conn.set_read_timeout(Some(WAIT)).unwrap();
+        write!(
+            conn,
+            "GET /stream?channel={room}&peer=eve-5 HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).expect("an answer");
+        answer
+    };
+    assert!(
+        fifth.starts_with("HTTP/1.0 409") || fifth.starts_with("HTTP/1.1 409"),
+        "a fifth person got in: {fifth}"
+    );
+    assert!(fifth.contains("room is full"), "{fifth}");
+    std::thread::sleep(Duration::from_secs(2));
+    for (person, before) in people.iter().zip(&before) {
+        let now = person.snapshot();
+        assert_eq!(now["state"], "connected", "{}: {now:#}", person.name);
+        assert_eq!(&now["connections"], before, "{}: disturbed", person.name);
+    }
+
+    // Screen sharing: cleo's tile on the others changes picture (this tab, not the camera),
+    // and back.
+    let cleo = people[2].exec("return document.body.dataset.me;", vec![]);
+    assert!(cleo.is_string(), "no body[data-me]: {cleo}");
+    let size_of_cleo = |person: &Person| -> (u64, u64) {
+        let snapshot = person.snapshot();
+        snapshot["remotes"]
+            .as_array()
+            .and_then(|r| r.iter().find(|v| v["peer"] == cleo))
+            .map(|v| {
+                (
+                    v["width"].as_u64().unwrap_or(0),
+                    v["height"].as_u64().unwrap_or(0),
+                )
+            })
+            .unwrap_or_default()
+    };
+    let camera = size_of_cleo(&people[0]);
+    people[2].click("#share");
+    people[2].wait_for("cleo sharing", WAIT, |s| s["sharing"] == true);
+    for person in [&people[0], &people[1], &people[3]] {
+        let deadline = Instant::now() + WAIT;
+        while size_of_cleo(person) == camera {
+            assert!(
+                Instant::now() < deadline,
+                "{}: cleo's share never showed",
+                person.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    keep_screenshot(&people[0], "group-share");
+    people[2].click("#share");
+    let deadline = Instant::now() + WAIT;
+    while size_of_cleo(&people[0]) != camera {
+        assert!(Instant::now() < deadline, "cleo's camera never came back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for person in &people {
+        assert_no_console_errors(person);
+    }
+}
+
+/// The mesh benchmark (not a timed test; ignored by default): how long until everyone in a
+/// room of 2, 3, 4 (and with `SIGRELAY_MESH_SIX=1`, 6) people is connected to everyone else,
+/// counted from the moment the pages are opened (the browsers already started). Run:
+/// `unshare --net -- sh -c 'ip link set lo up && cargo test --test browser mesh_connect_times -- --ignored --nocapture'`
+#[test]
+#[ignore]
+fn mesh_connect_times() {
+    let Some(browsers) = Browsers::get("mesh_bench") else {
+        return;
+    };
+    let server = Server::start(&[]);
+    let mut sizes = vec![2, 3, 4];
+    if std::env::var("SIGRELAY_MESH_SIX").is_ok_and(|v| v == "1") {
+        sizes.push(6);
+    }
+    const NAMES: [&str; 6] = ["p1", "p2", "p3", "p4", "p5", "p6"];
+    for n in sizes {
+        let people: Vec<Person> = NAMES[..n]
+            .iter()
+            .map(|name| browsers.person_with(name, GROUP_ARGS))
+            .collect();
+        let room = format!("bench-{n}-{:x}", unique());
+        let url = format!("{}/r/{room}", server.url);
+        for person in &people {
+            person.goto(&format!("{}/", server.url));
+        }
+        let refs: Vec<&Person> = people.iter().collect();
+        let started = Instant::now() + Duration::from_millis(1500);
+        open_together(&refs, &url);
+        for person in &people {
+            person.wait_for("connected to everyone", GROUP_WAIT, |s| {
+                s["state"] == "connected" && s["peers"] == n - 1
+            });
+        }
+        let took = started.elapsed();
+        println!("mesh of {n}: everyone connected {took:.1?} after the pages were opened together");
     }
 }

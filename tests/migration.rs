@@ -50,6 +50,8 @@ fn readme_command(redis_url: &str) -> Vec<String> {
         "README's command must use flask-sse's format: {args:?}"
     );
     args.push("--no-qr".into());
+    // Rooms of two, as the seed's (the default is six), so capacity can be checked below.
+    args.extend(["--room-capacity".into(), "2".into()]);
     args
 }
 

@@ -26,6 +26,8 @@ async fn instance(redis: &RedisServer, format: RedisFormat) -> TestServer {
         c.redis = Some(settings);
         // No --peer-secret: the instances agree on one through Redis.
         c.hub.peer_grace = GRACE;
+        // Two places, so a third peer shows the capacity (the default is six).
+        c.hub.room_capacity = 2;
         c.keepalive = Duration::from_millis(500);
     })
     .await
@@ -317,11 +319,14 @@ async fn a_dead_instance_stops_counting_once_its_heartbeat_expires() {
     let a = TestServer::with(move |c| {
         c.redis = Some(settings);
         c.hub.peer_grace = GRACE;
+        c.hub.room_capacity = 2;
     })
     .await;
     // The other instance is a real process, killed with SIGKILL: no goodbye to Redis.
     let url = redis.url();
     let mut doomed = common::Binary::start(&[
+        "--room-capacity",
+        "2",
         "--bind",
         "127.0.0.1:0",
         "--no-qr",

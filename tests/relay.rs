@@ -387,7 +387,7 @@ async fn presence_counts_joins_and_leaves() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn room_capacity_counts_distinct_peers() {
-    let server = TestServer::start().await;
+    let server = TestServer::with(|c| c.hub.room_capacity = 2).await;
     let mut a = SseClient::connect(server.addr, "/stream?channel=r&peer=alice", &[]).await;
     let _b = SseClient::connect(server.addr, "/stream?channel=r&peer=bob", &[]).await;
     assert_eq!(a.status, 200);

@@ -8,7 +8,7 @@
 //! - `publish.rs` `POST /channel/send/NAME/TYPE`
 //! - `fast/`      both of those served on the socket outside hyper, for plain-http connections
 //!   (`fast/mod.rs` is the contract: what is served there, its invariants, what hyper gets)
-//! - `pages.rs`   `GET /`, `/r/ROOM`, `/assets/...`, `/config`, `/qr.svg`, the https redirect;
+//! - `pages.rs`   `GET /`, `/check`, `/r/ROOM`, `/assets/...`, `/config`, `/qr.svg`, the https redirect;
 //!   `/healthz` and `/metrics` are answered here
 //!
 //! Each relay endpoint has one admission sequence, here in [`App`], that the route and the
@@ -67,6 +67,7 @@ pub struct PublishAdmission {
     verdict: origin::Verdict,
     target: PublishTarget,
     from: Option<publish::Sender>,
+    to: Option<crate::names::PeerId>,
 }
 
 /// Who is asking, and over what.
@@ -183,7 +184,7 @@ impl App {
     /// The admission of `POST /channel/send/...`, for the route and `http::fast` alike, from
     /// the request head alone (before any body byte is read): Host, origin, the sender
     /// client's publish rate (the real client behind a `--trusted-proxy`), the target, the
-    /// peer token.
+    /// peer token, the addressee (`to`).
     pub fn admit_publish<B>(
         &self,
         req: &Request<B>,
@@ -199,10 +200,12 @@ impl App {
         let rest = req.uri().path().strip_prefix("/channel/send/");
         let target = PublishTarget::parse(rest.ok_or(ApiError::NotFound)?)?;
         let from = publish::sender(self, &target.channel, req.headers())?;
+        let to = publish::addressee(req)?;
         Ok(PublishAdmission {
             verdict,
             target,
             from,
+            to,
         })
     }
 
@@ -215,7 +218,8 @@ impl App {
         if body.len() > self.config.max_body {
             return Err(ApiError::PayloadTooLarge(self.config.max_body));
         }
-        let json = publish::publish_body(self, admitted.target, admitted.from, body).await?;
+        let json =
+            publish::publish_body(self, admitted.target, admitted.from, admitted.to, body).await?;
         Ok(PublishedAnswer {
             json,
             cors_origin: admitted.verdict.into_allowed_origin(),
@@ -293,6 +297,7 @@ impl App {
         }
         let page = match path {
             "/" => pages::file("index.html", &req),
+            "/check" => pages::file("check.html", &req),
             "/config" => pages::client_config(&self.config.ice, &req, &self.view(&req, client)),
             "/healthz" => Ok(self.health()),
             "/metrics" => Ok(self.metrics_page()),

@@ -83,7 +83,9 @@ pub fn preflight(verdict: &Verdict, methods: &'static str) -> Response<Body> {
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type, last-event-id, x-sigrelay-peer, x-sigrelay-token"),
+        HeaderValue::from_static(
+            "content-type, last-event-id, x-sigrelay-peer, x-sigrelay-token, x-sigrelay-to",
+        ),
     );
     headers.insert(
         header::ACCESS_CONTROL_MAX_AGE,

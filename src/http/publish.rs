@@ -59,6 +59,7 @@ pub async fn publish_body(
     app: &App,
     target: PublishTarget,
     from: Option<Sender>,
+    to: Option<PeerId>,
     body: &[u8],
 ) -> Result<Bytes, ApiError> {
     let PublishTarget {
@@ -82,7 +83,10 @@ pub async fn publish_body(
         .as_ref()
         .filter(|s| !is_anonymous(&s.peer))
         .map(|s| (&s.peer, s.claim));
-    let published = app.hub.publish(&channel, &tail, current).await?;
+    let published = app
+        .hub
+        .publish(&channel, &tail, current, to.as_ref())
+        .await?;
     app.metrics.published();
     let mut answer = Vec::with_capacity(64);
     answer.extend_from_slice(b"{\"id\": ");
@@ -96,6 +100,32 @@ pub async fn publish_body(
 /// The peer headers, parsed once (a `&str` name would be parsed and checked on every lookup).
 pub const PEER_HEADER: HeaderName = HeaderName::from_static("x-sigrelay-peer");
 pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-sigrelay-token");
+pub const TO_HEADER: HeaderName = HeaderName::from_static("x-sigrelay-to");
+
+/// The addressee of a publish: `X-Sigrelay-To: PEER` or `?to=PEER` (one of them; both must
+/// agree). Only that peer id's streams get the event (see `hub::Event::to`).
+pub fn addressee<B>(req: &Request<B>) -> Result<Option<PeerId>, ApiError> {
+    let header = req
+        .headers()
+        .get(&TO_HEADER)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest(format!("{TO_HEADER} is not ASCII")))
+        })
+        .transpose()?;
+    let query = crate::names::query_value(req.uri().query().unwrap_or(""), "to")?;
+    let to = match (header, query.as_deref()) {
+        (None, None) => return Ok(None),
+        (Some(one), None) | (None, Some(one)) => one,
+        (Some(a), Some(b)) if a == b => a,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "X-Sigrelay-To and ?to= name different peers".into(),
+            ))
+        }
+    };
+    Ok(Some(PeerId::parse(to)?))
+}
 
 /// A publish's sender whose token's signature checked out: the peer id, and the claim the
 /// token was issued for (the hub checks that it is still the room's current one).

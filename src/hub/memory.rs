@@ -169,17 +169,21 @@ impl ChannelState {
         });
     }
 
-    /// Places a stream holds now (what presence calls peers).
-    fn held_places(&self) -> usize {
-        self.peers
+    /// The peer ids whose place a stream holds now (presence's `present`), sorted.
+    fn held_places(&self) -> Vec<&str> {
+        let mut held: Vec<&str> = self
+            .peers
             .iter()
             .filter(|slot| matches!(slot.holder, Holder::Stream { .. }))
-            .count()
+            .map(|slot| slot.peer.as_str())
+            .collect();
+        held.sort_unstable();
+        held
     }
 
-    /// The presence event for the current counts.
+    /// The presence event for the current counts and places.
     fn presence_frame(&self) -> bytes::Bytes {
-        sse::presence_frame(self.subscribers, self.held_places())
+        sse::presence_frame(self.subscribers, &self.held_places())
     }
 
     /// The newest id this channel has carried (or may have carried, for the floor).
@@ -230,7 +234,7 @@ impl ChannelState {
     /// Sends a presence event to everyone subscribed and keeps it for lag recovery.
     fn announce(&mut self, tx: &broadcast::Sender<Event>, frame: bytes::Bytes) {
         self.presence = Some(frame.clone());
-        let _ = tx.send(Event { id: None, frame });
+        let _ = tx.send(Event::broadcast(None, frame));
     }
 }
 
@@ -361,12 +365,14 @@ impl Hub {
 
     /// Publishes one message: encodes it once, stores it in history and sends it to every
     /// current subscriber of `channel`. With `sender`, only if the room's place for that peer
-    /// id (held, or kept) has that claim.
+    /// id (held, or kept) has that claim. With `to`, only that peer id's streams get it (live,
+    /// and from history on a resume).
     pub fn publish(
         &self,
         channel: &ChannelName,
         tail: &sse::MessageTail,
         sender: Option<(&PeerId, Claim)>,
+        to: Option<&PeerId>,
     ) -> Result<Published, HubError> {
         let mut shard = self.shard(channel);
         if sender.is_some() && !shard.contains_key(channel) {
@@ -390,6 +396,7 @@ impl Hub {
         let event = Event {
             id: Some(id),
             frame: tail.with_id(id),
+            to: to.cloned(),
         };
         self.keep(&chan, &mut state, &event);
         let subscribers = state.subscribers;
@@ -592,6 +599,7 @@ impl Hub {
         }
 
         let mut claim = None;
+        let identity = peer.as_ref().map(|join| join.peer.clone());
         if let Some(PeerJoin { peer, proof }) = peer {
             state.tidy_places(Instant::now());
             let holder = Holder::Stream {
@@ -665,6 +673,7 @@ impl Hub {
             ready_in_a_row: 0,
             id: subscription_id,
             claim,
+            peer: identity,
             left: self.relay.clone(),
         })
     }
@@ -758,6 +767,9 @@ pub struct Subscription {
     id: u64,
     /// The claim of the place this stream holds (`None`: anonymous).
     claim: Option<Claim>,
+    /// The peer id whose place this stream holds (`None`: anonymous): addressed events for
+    /// another id are skipped, live and replayed alike.
+    peer: Option<PeerId>,
     /// Relay mode: told this subscription's channel when it ends.
     left: Option<mpsc::UnboundedSender<ChannelName>>,
 }
@@ -767,11 +779,8 @@ impl Subscription {
     /// same peer opened a newer stream).
     pub async fn recv(&mut self) -> Option<bytes::Bytes> {
         loop {
-            if let Some(event) = self.pending.pop_front() {
-                if let Some(id) = event.id {
-                    self.last_id = self.last_id.max(id);
-                }
-                return Some(event.frame);
+            if let Some(frame) = self.next_pending() {
+                return Some(frame);
             }
             // Events first: checking the stop signal takes a lock, so on a busy stream it is
             // looked at only when no event is ready, or after `STOP_CHECK_EVERY` in a row (so
@@ -812,11 +821,8 @@ impl Subscription {
     /// next [`Subscription::recv`] reports).
     pub fn try_recv(&mut self) -> Option<bytes::Bytes> {
         loop {
-            if let Some(event) = self.pending.pop_front() {
-                if let Some(id) = event.id {
-                    self.last_id = self.last_id.max(id);
-                }
-                return Some(event.frame);
+            if let Some(frame) = self.next_pending() {
+                return Some(frame);
             }
             match self.rx.try_recv() {
                 Ok(event) => {
@@ -830,8 +836,27 @@ impl Subscription {
         }
     }
 
-    /// A live event's frame, or `None` for a duplicate of one already replayed.
+    /// The next queued (replayed) frame meant for this stream, skipping events addressed to
+    /// another peer id.
+    fn next_pending(&mut self) -> Option<bytes::Bytes> {
+        while let Some(event) = self.pending.pop_front() {
+            if !event.is_for(self.peer.as_ref()) {
+                continue;
+            }
+            if let Some(id) = event.id {
+                self.last_id = self.last_id.max(id);
+            }
+            return Some(event.frame);
+        }
+        None
+    }
+
+    /// A live event's frame, or `None` for a duplicate of one already replayed or an event
+    /// addressed to another peer id.
     fn accept(&mut self, event: Event) -> Option<bytes::Bytes> {
+        if !event.is_for(self.peer.as_ref()) {
+            return None;
+        }
         match event.id {
             Some(id) if id <= self.last_id => None,
             Some(id) => {
@@ -857,7 +882,7 @@ impl Subscription {
         );
         // Presence events are not kept in history; repeat the latest one.
         if let Some(frame) = state.presence.clone() {
-            self.pending.push_back(Event { id: None, frame });
+            self.pending.push_back(Event::broadcast(None, frame));
         }
     }
 
@@ -878,8 +903,9 @@ impl Subscription {
         self.claim
     }
 
-    /// Relay mode: the claim the cluster gave this stream's place.
-    pub fn set_claim(&mut self, claim: Claim) {
+    /// Relay mode: the place the cluster gave this stream (its peer id and claim).
+    pub fn set_place(&mut self, peer: PeerId, claim: Claim) {
+        self.peer = Some(peer);
         self.claim = Some(claim);
     }
 
@@ -944,10 +970,10 @@ pub(super) fn replay_since<'a>(
         Some(id) if id >= floor => id,
         _ => {
             counters.gaps.fetch_add(1, Ordering::Relaxed);
-            pending.push_back(Event {
-                id: Some(floor),
-                frame: sse::gap_frame(reported, floor),
-            });
+            pending.push_back(Event::broadcast(
+                Some(floor),
+                sse::gap_frame(reported, floor),
+            ));
             floor
         }
     };
@@ -1021,7 +1047,7 @@ mod tests {
     }
 
     fn publish(hub: &Hub, body: &str) -> u64 {
-        hub.publish(&room(), &sse::MessageTail::new("m", body), None)
+        hub.publish(&room(), &sse::MessageTail::new("m", body), None, None)
             .unwrap()
             .id
     }
@@ -1118,7 +1144,7 @@ mod tests {
         let mut first_ids = Vec::new();
         for i in 0..200 {
             let tail = sse::MessageTail::new("m", &escaped);
-            let id = hub.publish(&name(i % 50), &tail, None).unwrap().id;
+            let id = hub.publish(&name(i % 50), &tail, None, None).unwrap().id;
             if i < 50 {
                 first_ids.push(id);
             }
@@ -1274,9 +1300,10 @@ mod tests {
             );
         }
         // The holder was left alone and still publishes under its claim; another does not.
-        hub.publish(&room(), &tail, Some((&alice, claim))).unwrap();
+        hub.publish(&room(), &tail, Some((&alice, claim)), None)
+            .unwrap();
         assert_eq!(
-            hub.publish(&room(), &tail, Some((&alice, Claim::random())))
+            hub.publish(&room(), &tail, Some((&alice, Claim::random())), None)
                 .err(),
             Some(HubError::NotCurrent)
         );
@@ -1288,7 +1315,8 @@ mod tests {
                 .err(),
             Some(HubError::PeerTaken)
         );
-        hub.publish(&room(), &tail, Some((&alice, claim))).unwrap();
+        hub.publish(&room(), &tail, Some((&alice, claim)), None)
+            .unwrap();
         let back = hub
             .subscribe(&room(), StartAt::Live, join("alice", Some(claim)))
             .unwrap();
@@ -1303,7 +1331,8 @@ mod tests {
         let second = stranger.claim().unwrap();
         assert_ne!(second, claim);
         assert_eq!(
-            hub.publish(&room(), &tail, Some((&alice, claim))).err(),
+            hub.publish(&room(), &tail, Some((&alice, claim)), None)
+                .err(),
             Some(HubError::NotCurrent)
         );
         assert_eq!(
@@ -1315,7 +1344,8 @@ mod tests {
         // A claim in a room that does not exist is not current (and creates no room).
         let nowhere = ChannelName::parse("nowhere").unwrap();
         assert_eq!(
-            hub.publish(&nowhere, &tail, Some((&alice, second))).err(),
+            hub.publish(&nowhere, &tail, Some((&alice, second)), None)
+                .err(),
             Some(HubError::NotCurrent)
         );
         assert_eq!(hub.channel_count(), 1);
@@ -1348,7 +1378,7 @@ mod tests {
         let hub = hub(64, 16);
         let other = ChannelName::parse("other").unwrap();
         let sub = hub.subscribe(&room(), StartAt::Live, None).unwrap();
-        hub.publish(&other, &sse::MessageTail::new("m", "x"), None)
+        hub.publish(&other, &sse::MessageTail::new("m", "x"), None, None)
             .unwrap();
         assert_eq!(hub.channel_count(), 2);
         tokio::time::sleep(Duration::from_millis(80)).await;
@@ -1366,15 +1396,15 @@ mod tests {
         let name = |n: &str| ChannelName::parse(n).unwrap();
         let tail = sse::MessageTail::new("m", "x");
         for n in ["a", "b", "c"] {
-            hub.publish(&name(n), &tail, None).unwrap();
+            hub.publish(&name(n), &tail, None, None).unwrap();
         }
         assert_eq!(
-            hub.publish(&name("d"), &tail, None).unwrap_err(),
+            hub.publish(&name("d"), &tail, None, None).unwrap_err(),
             HubError::TooManyChannels { max: 3 }
         );
         assert!(hub.subscribe(&name("d"), StartAt::Live, None).is_err());
         // Existing channels keep working at the limit.
-        hub.publish(&name("a"), &tail, None).unwrap();
+        hub.publish(&name("a"), &tail, None, None).unwrap();
         let subs: Vec<_> = (0..4)
             .map(|_| hub.subscribe(&name("a"), StartAt::Live, None).unwrap())
             .collect();
@@ -1404,10 +1434,8 @@ mod tests {
             CancellationToken::new(),
             left_tx,
         );
-        let event = |id: u64| Event {
-            id: Some(id),
-            frame: bytes::Bytes::from(format!("id: {id}\n\n")),
-        };
+        let event =
+            |id: u64| Event::broadcast(Some(id), bytes::Bytes::from(format!("id: {id}\n\n")));
         // No one here listens: nothing is kept.
         assert!(!hub.deliver(&room(), event(1)));
         let mut sub = hub.attach(&room()).unwrap();

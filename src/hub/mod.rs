@@ -63,21 +63,23 @@ impl Hub {
     /// Publishes one message to every subscriber of `channel` (on every instance). With
     /// `sender`, only if that claim of that peer id is the room's current one (the check and
     /// the publish are one step, so a takeover cannot slip between them).
+    /// With `to`, the event is addressed: only that peer id's streams get it.
     pub async fn publish(
         &self,
         channel: &ChannelName,
         tail: &MessageTail,
         sender: Option<(&PeerId, Claim)>,
+        to: Option<&PeerId>,
     ) -> Result<Published, HubError> {
         match self {
             Hub::Memory(hub) => {
-                let published = hub.publish(channel, tail, sender)?;
+                let published = hub.publish(channel, tail, sender, to)?;
                 if published.queued > hub.settings().broadcast_capacity / 2 {
                     hub.let_readers_catch_up(channel).await;
                 }
                 Ok(published)
             }
-            Hub::Redis(hub) => hub.publish(channel, tail, sender).await,
+            Hub::Redis(hub) => hub.publish(channel, tail, sender, to).await,
         }
     }
 
@@ -165,6 +167,28 @@ pub struct Event {
     /// events such as presence, which are only meaningful live.
     pub id: Option<u64>,
     pub frame: Bytes,
+    /// An addressed event (`to=` on the publish): only streams of this peer id get it, live or
+    /// replayed; every other stream skips it as if it had never been published.
+    pub to: Option<PeerId>,
+}
+
+impl Event {
+    /// An event for every subscriber.
+    pub fn broadcast(id: Option<u64>, frame: Bytes) -> Event {
+        Event {
+            id,
+            frame,
+            to: None,
+        }
+    }
+
+    /// Whether a stream held by `peer` (`None`: anonymous) may see this event.
+    pub fn is_for(&self, peer: Option<&PeerId>) -> bool {
+        match &self.to {
+            None => true,
+            Some(to) => peer == Some(to),
+        }
+    }
 }
 
 /// What a publish returns to the publisher.

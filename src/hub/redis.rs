@@ -138,13 +138,18 @@ local function tidy(key, alive, now, grace)
   end
   return held, taken
 end
-local function count_held(key)
-  local held = 0
-  for _, value in ipairs(redis.call('HVALS', key)) do
-    local claim, holder = place(value)
-    if claim and holder ~= '-' then held = held + 1 end
+local function held_ids(key)
+  local ids = {}
+  local peers = redis.call('HGETALL', key)
+  for i = 1, #peers, 2 do
+    local claim, holder = place(peers[i + 1])
+    if claim and holder ~= '-' then ids[#ids + 1] = peers[i] end
   end
-  return held
+  table.sort(ids)
+  return ids
+end
+local function count_held(key)
+  return #held_ids(key)
 end
 -- Subscribers of another stack on the same Redis (--redis-format flask-sse): each flask-sse
 -- stream is its own SUBSCRIBE to the channel NAME, which PUBSUB NUMSUB counts. sigrelay's
@@ -165,6 +170,12 @@ local function count_streams(key, foreign)
   end
   return n
 end
+-- The presence payload: `p<subscribers> <held> <id,id,...>` (subscribers: every stream,
+-- foreign ones included; held: the peer ids holding a place).
+local function presence(counts_key, peers_key, foreign)
+  local ids = held_ids(peers_key)
+  return 'p' .. count_streams(counts_key, foreign) .. ' ' .. #ids .. ' ' .. table.concat(ids, ',')
+end
 -- Keeps the foreign count last announced in the room's counts, so that of the instances that
 -- poll it only the first to see a change announces it; true when it changed.
 local function note_foreign(key, foreign, ttl)
@@ -184,7 +195,9 @@ end
 const PUBLISH_LUA: &str = r#"
 -- KEYS: id counter, history, floor, pub/sub channel, subscriber counts, peers
 -- ARGV: now (µs), history length, history ttl (ms), payload head, payload tail, stored tail,
---       sender peer or '', sender claim, flask-sse channel name or ''
+--       sender peer or '', sender claim, addressee peer or '', flask-sse channel name or ''
+-- An addressed event keeps its addressee in history (field `to`), so a replay skips it for
+-- everyone else too.
 if ARGV[7] ~= '' then
   local current = redis.call('HGET', KEYS[6], ARGV[7])
   local claim, holder, rest
@@ -213,12 +226,16 @@ else
     local evicted = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', len - max + 1)
     redis.call('SET', KEYS[3], string.match(evicted[#evicted][1], '^(%d+)'))
   end
-  redis.call('XADD', KEYS[2], 'MAXLEN', max, sid .. '-1', 't', ARGV[6])
+  if ARGV[9] ~= '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', max, sid .. '-1', 't', ARGV[6], 'to', ARGV[9])
+  else
+    redis.call('XADD', KEYS[2], 'MAXLEN', max, sid .. '-1', 't', ARGV[6])
+  end
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
 redis.call('PUBLISH', KEYS[4], ARGV[4] .. sid .. ARGV[5])
-return {id, count_streams(KEYS[5], foreign_streams(ARGV[9]))}
+return {id, count_streams(KEYS[5], foreign_streams(ARGV[10]))}
 "#;
 
 /// Join: forget dead instances, take a free place (a new claim) or take over a held or kept
@@ -261,8 +278,7 @@ local foreign = foreign_streams(ARGV[13])
 note_foreign(KEYS[1], foreign, ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
-local subscribers = count_streams(KEYS[1], foreign)
-redis.call('PUBLISH', KEYS[6], 'p' .. subscribers .. ' ' .. held)
+redis.call('PUBLISH', KEYS[6], presence(KEYS[1], KEYS[2], foreign))
 local newest = redis.call('GET', KEYS[5]) or '0'
 local floor = redis.call('GET', KEYS[4]) or newest
 local entries = {}
@@ -325,8 +341,7 @@ end
 local foreign = foreign_streams(ARGV[7])
 if note_foreign(KEYS[1], foreign, ARGV[4]) then changed = true end
 if changed then
-  local subscribers = count_streams(KEYS[1], foreign)
-  redis.call('PUBLISH', KEYS[5], 'p' .. subscribers .. ' ' .. count_held(KEYS[2]))
+  redis.call('PUBLISH', KEYS[5], presence(KEYS[1], KEYS[2], foreign))
 end
 return changed and 1 or 0
 "#;
@@ -478,6 +493,7 @@ impl RedisHub {
         channel: &ChannelName,
         tail: &MessageTail,
         sender: Option<(&PeerId, Claim)>,
+        to: Option<&PeerId>,
     ) -> Result<Published, HubError> {
         self.check(channel)?;
         let link = &self.link;
@@ -486,12 +502,22 @@ impl RedisHub {
                 let mut payload_tail = Vec::with_capacity(tail.as_bytes().len() + 1);
                 payload_tail.push(b'\n');
                 payload_tail.extend_from_slice(tail.as_bytes());
-                (key("ev", channel), b"e".to_vec(), payload_tail)
+                // `e<id>\n<tail>`, or `t<peer> <id>\n<tail>` for an addressed event.
+                let head = match to {
+                    None => b"e".to_vec(),
+                    Some(peer) => format!("t{} ", peer.as_str()).into_bytes(),
+                };
+                (key("ev", channel), head, payload_tail)
             }
             RedisFormat::FlaskSse => {
                 let (event_type, data) = tail.parts();
+                // flask-sse's own streams do not know `sigrelay_to` and show an addressed
+                // event to everyone; sigrelay's streams honour it.
+                let addressed = to.map_or(String::new(), |peer| {
+                    format!(r#""sigrelay_to": "{}", "#, peer.as_str())
+                });
                 let head = format!(
-                    r#"{{"data": {data}, "type": {}, "id": "#,
+                    r#"{{"data": {data}, "type": {}, {addressed}"id": "#,
                     serde_json::Value::from(event_type)
                 );
                 (
@@ -517,6 +543,7 @@ impl RedisHub {
             .arg(tail.as_bytes())
             .arg(sender.map_or("", |(peer, _)| peer.as_str()))
             .arg(sender.map_or(String::new(), |(_, claim)| claim.to_text()))
+            .arg(to.map_or("", |peer| peer.as_str()))
             .arg(link.foreign_name(channel));
         let (id, subscribers): (i64, i64) = within(call.invoke_async(&mut conn))
             .await
@@ -596,8 +623,8 @@ impl RedisHub {
             let claim = claim.ok_or_else(|| {
                 HubError::Unavailable("unexpected reply from Redis to a join".into())
             })?;
-            self.local.hold(&subscription, peer, claim);
-            subscription.set_claim(claim);
+            self.local.hold(&subscription, peer.clone(), claim);
+            subscription.set_place(peer, claim);
         }
         drop(places);
         match start {
@@ -992,25 +1019,41 @@ impl Link {
     }
 }
 
-/// A native payload: `e<id>\n<tail>` (an event; the frame is `id: <id>\n<tail>`) or
-/// `p<subscribers> <peers>` (presence, counted over the cluster).
+/// A native payload: `e<id>\n<tail>` (an event; the frame is `id: <id>\n<tail>`),
+/// `t<peer> <id>\n<tail>` (the same, addressed to one peer id) or
+/// `p<subscribers> <peers> <id,id,...>` (presence, counted over the cluster).
 fn native_event(payload: &[u8]) -> Option<Event> {
+    let event = |to: Option<PeerId>, rest: &[u8]| {
+        let newline = rest.iter().position(|b| *b == b'\n')?;
+        let id: u64 = std::str::from_utf8(&rest[..newline]).ok()?.parse().ok()?;
+        Some(Event {
+            id: Some(id),
+            frame: with_id(id, &rest[newline + 1..]),
+            to,
+        })
+    };
     match payload.split_first()? {
-        (b'e', rest) => {
-            let newline = rest.iter().position(|b| *b == b'\n')?;
-            let id: u64 = std::str::from_utf8(&rest[..newline]).ok()?.parse().ok()?;
-            Some(Event {
-                id: Some(id),
-                frame: with_id(id, &rest[newline + 1..]),
-            })
+        (b'e', rest) => event(None, rest),
+        (b't', rest) => {
+            let space = rest.iter().position(|b| *b == b' ')?;
+            let peer = PeerId::parse(std::str::from_utf8(&rest[..space]).ok()?).ok()?;
+            event(Some(peer), &rest[space + 1..])
         }
         (b'p', rest) => {
             let text = std::str::from_utf8(rest).ok()?;
-            let (subscribers, peers) = text.split_once(' ')?;
-            Some(Event {
-                id: None,
-                frame: sse::presence_frame(subscribers.parse().ok()?, peers.parse().ok()?),
-            })
+            let mut fields = text.splitn(3, ' ');
+            let subscribers = fields.next()?.parse().ok()?;
+            let _held: usize = fields.next()?.parse().ok()?;
+            let present: Vec<&str> = fields
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .filter(|id| !id.is_empty())
+                .collect();
+            Some(Event::broadcast(
+                None,
+                sse::presence_frame(subscribers, &present),
+            ))
         }
         _ => None,
     }
@@ -1031,6 +1074,10 @@ fn flask_event(payload: &[u8]) -> Option<Event> {
         Some(t) => Some(crate::names::EventType::parse(t.as_str()?).ok()?),
     };
     let id = message.get("id").and_then(|v| v.as_u64());
+    let to = match message.get("sigrelay_to") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(peer) => Some(PeerId::parse(peer.as_str()?).ok()?),
+    };
     let retry = message.get("retry").and_then(|v| v.as_u64());
     let data = match data {
         serde_json::Value::String(text) => text.clone(),
@@ -1039,6 +1086,7 @@ fn flask_event(payload: &[u8]) -> Option<Event> {
     Some(Event {
         id,
         frame: sse::foreign_frame(id, event_type.as_ref().map(|t| t.as_str()), &data, retry),
+        to,
     })
 }
 
@@ -1056,9 +1104,15 @@ fn stream_entry(entry: Value) -> Option<Event> {
         Value::BulkString(bytes) => bytes.as_slice(),
         _ => return None,
     };
+    // `to`, when the event was addressed (see PUBLISH_LUA).
+    let to = match fields.get(3) {
+        Some(peer) => Some(PeerId::parse(&text(peer)?).ok()?),
+        None => None,
+    };
     Some(Event {
         id: Some(id),
         frame: with_id(id, tail),
+        to,
     })
 }
 
@@ -1125,7 +1179,12 @@ mod tests {
         assert_eq!(event.frame, tail.with_id(42));
         let presence = native_event(b"p3 2").unwrap();
         assert_eq!(presence.id, None);
-        assert_eq!(presence.frame, sse::presence_frame(3, 2));
+        assert_eq!(presence.frame, sse::presence_frame::<&str>(3, &[]));
+        let presence = native_event(b"p3 2 alice,bob").unwrap();
+        assert_eq!(presence.frame, sse::presence_frame(3, &["alice", "bob"]));
+        let addressed = native_event(b"tbob 7\nevent: x\n\n").unwrap();
+        assert_eq!(addressed.id, Some(7));
+        assert_eq!(addressed.to.as_ref().map(PeerId::as_str), Some("bob"));
         assert!(native_event(b"x").is_none());
         assert!(native_event(b"eNaN\n").is_none());
     }

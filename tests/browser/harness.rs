@@ -422,7 +422,9 @@ pub struct Person {
     session: Session,
 }
 
-/// Reads the page's test hooks: state, status and notice text, and both videos.
+/// Reads the page's test hooks: state, status and notice text, the local video, the first
+/// remote one (ours: the first of `#remotes`; the seed's `#remoteVideo`), every remote video
+/// with its peer id, and the chat's lines.
 const SNAPSHOT: &str = r#"
 const video = (v) => v && {
   width: v.videoWidth, height: v.videoHeight, time: v.currentTime,
@@ -441,7 +443,12 @@ return {
   status: text('#status'),
   notice: text('#notice'),
   local: video(document.querySelector('#local') || document.querySelector('#localVideo')),
-  remote: video(document.querySelector('#remote') || document.querySelector('#remoteVideo')),
+  remote: video(document.querySelector('#remotes video') || document.querySelector('#remoteVideo')),
+  remotes: [...document.querySelectorAll('#remotes video[data-peer]')].map((v) => ({
+    peer: v.dataset.peer, ...video(v), state: v.parentElement && v.parentElement.dataset.state,
+  })),
+  chat: [...document.querySelectorAll('#chat-log li')].map((li) => li.textContent),
+  sharing: body ? body.dataset.sharing === 'true' : false,
 };
 "#;
 

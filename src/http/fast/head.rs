@@ -7,7 +7,7 @@
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 
 use crate::http::forwarded;
-use crate::http::publish::{PEER_HEADER, TOKEN_HEADER};
+use crate::http::publish::{PEER_HEADER, TOKEN_HEADER, TO_HEADER};
 use crate::sse;
 
 /// Largest request head read here. A longer head is handed to hyper with what was read, and
@@ -46,11 +46,12 @@ pub struct PublishHead {
 /// The header fields the publish checks read (the forwarding ones count only from a
 /// `--trusted-proxy`). A browser sends a dozen more; copying them into a header map was the
 /// largest single cost of a direct publish.
-pub static CHECKED_FIELDS: [HeaderName; 8] = [
+pub static CHECKED_FIELDS: [HeaderName; 9] = [
     header::HOST,
     header::ORIGIN,
     PEER_HEADER,
     TOKEN_HEADER,
+    TO_HEADER,
     header::FORWARDED,
     forwarded::X_FORWARDED_FOR,
     forwarded::X_FORWARDED_PROTO,
