@@ -5,10 +5,12 @@
 //! with a bounded history ring each (the default: one process, nothing else to run), and
 //! [`redis`], which makes several instances one relay by keeping ids, history, presence and
 //! room capacity in Redis while each instance still fans events out to its own streams through
-//! a memory hub. The hub knows nothing of hyper, so it is unit-tested without sockets.
+//! a memory hub. `replay.rs` is what a resume means, for both. The hub knows nothing of hyper,
+//! so it is unit-tested without sockets.
 
 pub mod memory;
 pub mod redis;
+mod replay;
 
 pub use memory::{HubSettings, Subscription};
 pub use redis::{RedisFormat, RedisSettings};

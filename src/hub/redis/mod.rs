@@ -1,4 +1,6 @@
 //! The Redis backend (`--redis URL`): several instances behind a load balancer act as one relay.
+//! The key names are in `keys.rs`; the scripts that change a room atomically are the `.lua`
+//! files beside this one (`places.lua` is prepended to those that touch a room's places).
 //!
 //! What lives where:
 //! - Redis holds what must be the same on every instance: the id counter (`sigrelay:id`), each
@@ -46,7 +48,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::memory::{self, replay_since, resume_point, HubSettings, Subscription};
+use super::memory::{self, HubSettings, Subscription};
+use super::replay::{replay_since, resume_point};
 use super::{Event, HubError, PeerJoin, Published, StartAt};
 use crate::names::{ChannelName, PeerId};
 use crate::peers::Claim;
@@ -58,25 +61,21 @@ const ALIVE_HEARTBEATS: u32 = 3;
 /// Room records (counts, places) outlive a missed heartbeat or two, not a dead cluster.
 const ROOM_HEARTBEATS: u32 = 12;
 /// Every Redis round trip gives up after this; the request then answers 503.
+mod keys;
+
+use keys::key;
+
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reconnection delays double from the first to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(3));
-/// The prefix of every key and pub/sub channel sigrelay uses.
-const PREFIX: &str = "sigrelay:";
-const CONTROL: &str = "sigrelay:ctl";
 /// How often (`--redis-format flask-sse`) the flask-sse subscribers of the rooms this instance
 /// has streams in are counted; a change is announced as presence.
 const FOREIGN_POLL: Duration = Duration::from_secs(1);
 /// Channels asked about in one `PUBSUB NUMSUB`.
 const NUMSUB_BATCH: usize = 1000;
-/// Where the shared peer-token secret is kept (never expires).
-const SECRET_KEY: &str = "sigrelay:peer-secret";
 
 /// Store `ARGV[1]` unless a secret is there already; return the one that is.
-const SECRET_LUA: &str = r#"
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('GET', KEYS[1])
-"#;
+const SECRET_LUA: &str = include_str!("secret.lua");
 
 /// `--redis` and `--redis-format`.
 #[derive(Debug, Clone)]
@@ -100,251 +99,23 @@ pub enum RedisFormat {
 
 /// Helpers every script that touches a room's places starts with (see the module docs for
 /// the two shapes of a place).
-const PLACES_LUA: &str = r#"
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function place(value)
-  return string.match(value, '^(%S+) (%S+) (%S+)$')
-end
--- Keeps PEER's place for CLAIM until now + grace, or lets it go when there is no grace.
-local function keep(key, peer, claim, now, grace)
-  if grace <= 0 then
-    redis.call('HDEL', key, peer)
-    return
-  end
-  redis.call('HSET', key, peer, claim .. ' - ' .. string.format('%d', now + grace))
-  if redis.call('PTTL', key) < grace then redis.call('PEXPIRE', key, grace) end
-end
--- Lets expired (or unreadable) places go and keeps dead instances' places for their claims;
--- returns the places streams hold and the places taken (held or kept).
-local function tidy(key, alive, now, grace)
-  local held, taken = 0, 0
-  local peers = redis.call('HGETALL', key)
-  for i = 1, #peers, 2 do
-    local claim, holder, rest = place(peers[i + 1])
-    if not claim or (holder == '-' and tonumber(rest) <= now) then
-      redis.call('HDEL', key, peers[i])
-    elseif holder == '-' then
-      taken = taken + 1
-    elseif not alive(holder) then
-      keep(key, peers[i], claim, now, grace)
-      if grace > 0 then taken = taken + 1 end
-    else
-      held = held + 1
-      taken = taken + 1
-    end
-  end
-  return held, taken
-end
-local function held_ids(key)
-  local ids = {}
-  local peers = redis.call('HGETALL', key)
-  for i = 1, #peers, 2 do
-    local claim, holder = place(peers[i + 1])
-    if claim and holder ~= '-' then ids[#ids + 1] = peers[i] end
-  end
-  table.sort(ids)
-  return ids
-end
-local function count_held(key)
-  return #held_ids(key)
-end
--- Subscribers of another stack on the same Redis (--redis-format flask-sse): each flask-sse
--- stream is its own SUBSCRIBE to the channel NAME, which PUBSUB NUMSUB counts. sigrelay's
--- instances listen through one pattern (PSUBSCRIBE), which NUMSUB never counts, so nothing of
--- ours is in it. NAME is '' in the native format: no foreign subscribers.
-local FOREIGN = 'flask-sse'
-local function foreign_streams(name)
-  if name == '' then return 0 end
-  return tonumber(redis.call('PUBSUB', 'NUMSUB', name)[2])
-end
--- Every stream on the room: each instance's count (the FOREIGN field is only the count last
--- announced, see note_foreign) plus `foreign`, the foreign streams now.
-local function count_streams(key, foreign)
-  local n = foreign
-  local counts = redis.call('HGETALL', key)
-  for i = 1, #counts, 2 do
-    if counts[i] ~= FOREIGN then n = n + tonumber(counts[i + 1]) end
-  end
-  return n
-end
--- The presence payload: `p<subscribers> <held> <id,id,...>` (subscribers: every stream,
--- foreign ones included; held: the peer ids holding a place).
-local function presence(counts_key, peers_key, foreign)
-  local ids = held_ids(peers_key)
-  return 'p' .. count_streams(counts_key, foreign) .. ' ' .. #ids .. ' ' .. table.concat(ids, ',')
-end
--- Keeps the foreign count last announced in the room's counts, so that of the instances that
--- poll it only the first to see a change announces it; true when it changed.
-local function note_foreign(key, foreign, ttl)
-  if foreign == tonumber(redis.call('HGET', key, FOREIGN) or '0') then return false end
-  if foreign == 0 then
-    redis.call('HDEL', key, FOREIGN)
-  else
-    redis.call('HSET', key, FOREIGN, foreign)
-    redis.call('PEXPIRE', key, ttl)
-  end
-  return true
-end
-"#;
+const PLACES_LUA: &str = include_str!("places.lua");
 
 /// Publish: check the sender's claim (if any), assign the next id, keep it in history (moving
 /// the floor past what falls out), send it, and count the room's subscribers.
-const PUBLISH_LUA: &str = r#"
--- KEYS: id counter, history, floor, pub/sub channel, subscriber counts, peers
--- ARGV: now (µs), history length, history ttl (ms), payload head, payload tail, stored tail,
---       sender peer or '', sender claim, addressee peer or '', flask-sse channel name or ''
--- An addressed event keeps its addressee in history (field `to`), so a replay skips it for
--- everyone else too.
-if ARGV[7] ~= '' then
-  local current = redis.call('HGET', KEYS[6], ARGV[7])
-  local claim, holder, rest
-  if current then claim, holder, rest = place(current) end
-  if claim ~= ARGV[8] or (holder == '-' and tonumber(rest) <= now_ms()) then
-    return {-1, 0}
-  end
-end
-local id = redis.call('INCR', KEYS[1])
-if id == 1 then
-  -- A new counter (first run, or Redis lost its data) starts at the clock, so ids keep
-  -- increasing across restarts and an old Last-Event-ID reads as a gap, never a match.
-  redis.call('SET', KEYS[1], ARGV[1])
-  id = redis.call('INCR', KEYS[1])
-end
-local sid = string.format('%d', id)
-local max = tonumber(ARGV[2])
-if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[3]) == 0 then
-  redis.call('SET', KEYS[3], string.format('%d', id - 1))
-end
-if max == 0 then
-  redis.call('SET', KEYS[3], sid)
-else
-  local len = redis.call('XLEN', KEYS[2])
-  if len >= max then
-    local evicted = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', len - max + 1)
-    redis.call('SET', KEYS[3], string.match(evicted[#evicted][1], '^(%d+)'))
-  end
-  if ARGV[9] ~= '' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', max, sid .. '-1', 't', ARGV[6], 'to', ARGV[9])
-  else
-    redis.call('XADD', KEYS[2], 'MAXLEN', max, sid .. '-1', 't', ARGV[6])
-  end
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-end
-redis.call('PEXPIRE', KEYS[3], ARGV[3])
-redis.call('PUBLISH', KEYS[4], ARGV[4] .. sid .. ARGV[5])
-return {id, count_streams(KEYS[5], foreign_streams(ARGV[10]))}
-"#;
+const PUBLISH_LUA: &str = include_str!("publish.lua");
 
 /// Join: forget dead instances, take a free place (a new claim) or take over a held or kept
 /// one (only with its claim), record this instance's count, announce presence, and return what
 /// a replay needs and the place's claim.
-const JOIN_LUA: &str = r#"
--- KEYS: subscriber counts, peers, history, floor, id counter, event channel, control channel
--- ARGV: instance, subscription, peer or '', capacity, local count, replay (1/0),
---       alive key prefix, room key ttl (ms), channel name, proven claim or '', new claim,
---       peer grace (ms), flask-sse channel name or ''
-local inst = ARGV[1]
-local function alive(i) return i == inst or redis.call('EXISTS', ARGV[7] .. i) == 1 end
-local counts = redis.call('HGETALL', KEYS[1])
-for i = 1, #counts, 2 do
-  if counts[i] ~= FOREIGN and not alive(counts[i]) then redis.call('HDEL', KEYS[1], counts[i]) end
-end
-local held, taken = tidy(KEYS[2], alive, now_ms(), tonumber(ARGV[12]))
-local claim = ''
-if ARGV[3] ~= '' then
-  local current = redis.call('HGET', KEYS[2], ARGV[3])
-  if current then
-    local owner_claim, holder = place(current)
-    if owner_claim ~= ARGV[10] then return {'taken'} end
-    if holder == '-' then
-      held = held + 1
-    elseif holder ~= inst then
-      redis.call('PUBLISH', KEYS[7], ARGV[9] .. '\n' .. ARGV[3] .. '\n' .. inst .. '\n' .. ARGV[2])
-    end
-    claim = owner_claim
-  elseif taken >= tonumber(ARGV[4]) then
-    return {'full'}
-  else
-    claim = ARGV[11]
-    held = held + 1
-  end
-  redis.call('HSET', KEYS[2], ARGV[3], claim .. ' ' .. inst .. ' ' .. ARGV[2])
-end
-redis.call('HSET', KEYS[1], inst, ARGV[5])
-local foreign = foreign_streams(ARGV[13])
-note_foreign(KEYS[1], foreign, ARGV[8])
-redis.call('PEXPIRE', KEYS[1], ARGV[8])
-redis.call('PEXPIRE', KEYS[2], ARGV[8])
-redis.call('PUBLISH', KEYS[6], presence(KEYS[1], KEYS[2], foreign))
-local newest = redis.call('GET', KEYS[5]) or '0'
-local floor = redis.call('GET', KEYS[4]) or newest
-local entries = {}
-if ARGV[6] == '1' then entries = redis.call('XRANGE', KEYS[3], '-', '+') end
-return {'ok', newest, floor, entries, claim}
-"#;
+const JOIN_LUA: &str = include_str!("join.lua");
 
 /// Sync: make the room's record of this instance match what it holds (after streams end, on
 /// every heartbeat, after a reconnect): places whose stream here ended are kept for their
 /// claims, places held here are (re)recorded unless another claim took the id meanwhile; forget
 /// dead instances, and announce presence if the counts changed. While anyone here listens, the
 /// room's history does not expire.
-const SYNC_LUA: &str = r#"
--- KEYS: subscriber counts, peers, history, floor, event channel
--- ARGV: instance, local count, alive key prefix, room key ttl (ms), history ttl (ms),
---       peer grace (ms), flask-sse channel name or '', then peer, subscription, claim
---       triples held here
-local inst = ARGV[1]
-local function alive(i) return i == inst or redis.call('EXISTS', ARGV[3] .. i) == 1 end
-local now = now_ms()
-local grace = tonumber(ARGV[6])
-local changed = false
-local want = {}
-for i = 8, #ARGV, 3 do want[ARGV[i]] = ARGV[i + 2] .. ' ' .. inst .. ' ' .. ARGV[i + 1] end
-local counts = redis.call('HGETALL', KEYS[1])
-for i = 1, #counts, 2 do
-  if counts[i] ~= FOREIGN and not alive(counts[i]) then
-    redis.call('HDEL', KEYS[1], counts[i]); changed = true
-  end
-end
-local held_before = count_held(KEYS[2])
-tidy(KEYS[2], alive, now, grace)
-local peers = redis.call('HGETALL', KEYS[2])
-for i = 1, #peers, 2 do
-  local claim, holder = place(peers[i + 1])
-  if holder == inst and not want[peers[i]] then keep(KEYS[2], peers[i], claim, now, grace) end
-end
-for peer, value in pairs(want) do
-  local current = redis.call('HGET', KEYS[2], peer)
-  if not current then
-    redis.call('HSET', KEYS[2], peer, value)
-  elseif current ~= value then
-    local claim, holder = place(current)
-    if claim == string.match(value, '^(%S+)') and (holder == '-' or holder == inst) then
-      redis.call('HSET', KEYS[2], peer, value)
-    end
-  end
-end
-if count_held(KEYS[2]) ~= held_before then changed = true end
-local current = redis.call('HGET', KEYS[1], inst)
-if ARGV[2] == '0' then
-  if current then redis.call('HDEL', KEYS[1], inst); changed = true end
-else
-  if current ~= ARGV[2] then redis.call('HSET', KEYS[1], inst, ARGV[2]); changed = true end
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  redis.call('PEXPIRE', KEYS[3], ARGV[5])
-  redis.call('PEXPIRE', KEYS[4], ARGV[5])
-end
-local foreign = foreign_streams(ARGV[7])
-if note_foreign(KEYS[1], foreign, ARGV[4]) then changed = true end
-if changed then
-  redis.call('PUBLISH', KEYS[5], presence(KEYS[1], KEYS[2], foreign))
-end
-return changed and 1 or 0
-"#;
+const SYNC_LUA: &str = include_str!("sync.lua");
 
 /// The relay backend: a local memory hub fed from Redis, and the link to Redis.
 pub struct RedisHub {
@@ -482,7 +253,7 @@ impl RedisHub {
         }
         // With flask-sse's format, channel NAME is the pub/sub channel NAME; ours must not be
         // reachable through it.
-        if self.link.format == RedisFormat::FlaskSse && channel.as_str().starts_with(PREFIX) {
+        if self.link.format == RedisFormat::FlaskSse && channel.as_str().starts_with(keys::PREFIX) {
             return Err(HubError::Reserved);
         }
         Ok(())
@@ -529,7 +300,7 @@ impl RedisHub {
         };
         let mut conn = link.conn.clone();
         let mut call = link.publish.prepare_invoke();
-        call.key("sigrelay:id")
+        call.key(keys::ID)
             .key(key("h", channel))
             .key(key("f", channel))
             .key(pubsub_channel)
@@ -580,16 +351,16 @@ impl RedisHub {
             .key(key("p", channel))
             .key(key("h", channel))
             .key(key("f", channel))
-            .key("sigrelay:id")
+            .key(keys::ID)
             .key(key("ev", channel))
-            .key(CONTROL)
+            .key(keys::CONTROL)
             .arg(&link.instance)
             .arg(subscription.id())
             .arg(peer.as_ref().map_or("", |p| p.peer.as_str()))
             .arg(link.settings.room_capacity)
             .arg(held)
             .arg(u8::from(matches!(start, StartAt::After(_))))
-            .arg("sigrelay:alive:")
+            .arg(keys::ALIVE_PREFIX)
             .arg(link.room_ttl_ms())
             .arg(channel.as_str())
             .arg(
@@ -690,7 +461,7 @@ impl Link {
     async fn subscribe(&self) -> Result<PubSub, String> {
         let mut pubsub = within(self.client.get_async_pubsub()).await?;
         let pattern = match self.format {
-            RedisFormat::Native => "sigrelay:*",
+            RedisFormat::Native => keys::NATIVE_PATTERN,
             RedisFormat::FlaskSse => "*",
         };
         within(pubsub.psubscribe(pattern)).await?;
@@ -791,14 +562,14 @@ impl Link {
     fn on_message(&self, local: &memory::Hub, message: &Msg) {
         let name = message.get_channel_name();
         let payload = message.get_payload_bytes();
-        if let Some(channel) = name.strip_prefix("sigrelay:ev:") {
+        if let Some(channel) = name.strip_prefix(keys::EVENTS_PREFIX) {
             let Ok(channel) = ChannelName::parse(channel) else {
                 return;
             };
             if let Some(event) = native_event(payload) {
                 local.deliver(&channel, event);
             }
-        } else if name == CONTROL {
+        } else if name == keys::CONTROL {
             // A peer's place was taken over through another instance: end the stream here.
             let text = String::from_utf8_lossy(payload);
             let mut fields = text.split('\n');
@@ -814,7 +585,7 @@ impl Link {
                     .flatten();
                 local.stop_peer(&channel, &peer, keep);
             }
-        } else if self.format == RedisFormat::FlaskSse && !name.starts_with(PREFIX) {
+        } else if self.format == RedisFormat::FlaskSse && !name.starts_with(keys::PREFIX) {
             let Ok(channel) = ChannelName::parse(name) else {
                 return;
             };
@@ -876,7 +647,7 @@ impl Link {
         }
         // Leaving: without the liveness key the others stop counting this instance at once.
         let mut conn = self.conn.clone();
-        let alive = format!("sigrelay:alive:{}", self.instance);
+        let alive = keys::alive(&self.instance);
         let _: Result<Result<(), RedisError>, _> = tokio::time::timeout(
             OP_TIMEOUT,
             ::redis::cmd("DEL").arg(alive).query_async(&mut conn),
@@ -958,7 +729,7 @@ impl Link {
         let mut conn = self.conn.clone();
         within(
             self.secret
-                .key(SECRET_KEY)
+                .key(keys::SECRET)
                 .arg(candidate)
                 .invoke_async::<String>(&mut conn),
         )
@@ -970,7 +741,7 @@ impl Link {
         let mut conn = self.conn.clone();
         within(
             ::redis::cmd("SET")
-                .arg(format!("sigrelay:alive:{}", self.instance))
+                .arg(keys::alive(&self.instance))
                 .arg(1)
                 .arg("PX")
                 .arg((self.heartbeat * ALIVE_HEARTBEATS).as_millis() as u64)
@@ -1004,7 +775,7 @@ impl Link {
             .key(key("ev", channel))
             .arg(&self.instance)
             .arg(room.subscribers)
-            .arg("sigrelay:alive:")
+            .arg(keys::ALIVE_PREFIX)
             .arg(self.room_ttl_ms())
             .arg(self.settings.history_ttl.as_millis() as u64)
             .arg(self.settings.peer_grace.as_millis() as u64)
@@ -1134,9 +905,6 @@ fn text(value: &Value) -> Option<String> {
     }
 }
 
-fn key(kind: &str, channel: &ChannelName) -> String {
-    format!("{PREFIX}{kind}:{}", channel.as_str())
-}
 
 fn now_micros() -> u64 {
     SystemTime::now()
