@@ -51,10 +51,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::replay::{replay_since, resume_point};
 use super::{Event, HubCounters, HubError, PeerJoin, Published, StartAt};
 use crate::names::{ChannelName, PeerId};
 use crate::peers::Claim;
-use super::replay::{replay_since, resume_point};
 use crate::sse;
 use crate::sync::lock;
 

@@ -905,7 +905,6 @@ fn text(value: &Value) -> Option<String> {
     }
 }
 
-
 fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
