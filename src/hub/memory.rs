@@ -456,22 +456,30 @@ impl Hub {
         }
     }
 
+    /// How full a channel's broadcast buffer may be before a publish gives way to its readers
+    /// ([`Hub::let_readers_catch_up`]): three quarters, so a reader that keeps up is never
+    /// lagged (and one that falls a little behind still resumes from history, which is longer).
+    pub fn catch_up_above(&self) -> usize {
+        self.settings.broadcast_capacity * 3 / 4
+    }
+
     /// Backpressure for a publisher that outruns its readers (pipelined publishes are read
     /// and published in one go, and woken subscriber tasks wait behind the publisher on the
-    /// same worker): give way while `channel`'s broadcast buffer is over half full and
-    /// draining, a few times at most. A subscriber that does not read (its buffer stays full)
-    /// costs one yield and never blocks the publisher; it is resumed from history later.
-    pub async fn let_readers_catch_up(&self, channel: &ChannelName) {
-        let half = self.settings.broadcast_capacity / 2;
-        let queued = || self.shard(channel).get(channel).map_or(0, |c| c.tx.len());
-        let mut before = queued();
+    /// same worker): with `queued` events in `channel`'s broadcast buffer, give way while it is
+    /// over [`Hub::catch_up_above`] and draining, a few times at most. A subscriber that does not
+    /// read (its buffer stays full) costs one yield and never blocks the publisher; it is
+    /// resumed from history later.
+    pub async fn let_readers_catch_up(&self, channel: &ChannelName, queued: usize) {
+        let limit = self.catch_up_above();
+        let now = || self.shard(channel).get(channel).map_or(0, |c| c.tx.len());
+        let mut before = queued;
         for _ in 0..CATCH_UP_YIELDS {
             tokio::task::yield_now().await;
-            let now = queued();
-            if now <= half || now >= before {
+            let queued = now();
+            if queued <= limit || queued >= before {
                 return;
             }
-            before = now;
+            before = queued;
         }
     }
 

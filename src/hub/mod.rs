@@ -76,8 +76,8 @@ impl Hub {
         match self {
             Hub::Memory(hub) => {
                 let published = hub.publish(channel, tail, sender, to)?;
-                if published.queued > hub.settings().broadcast_capacity / 2 {
-                    hub.let_readers_catch_up(channel).await;
+                if published.queued > hub.catch_up_above() {
+                    hub.let_readers_catch_up(channel, published.queued).await;
                 }
                 Ok(published)
             }
