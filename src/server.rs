@@ -15,6 +15,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::http::error::ApiError;
 use crate::http::fast::{self, Handoff};
 use crate::http::{App, Client, Transport};
 use crate::limits::{ConnectionLimits, ConnectionRefusal};
@@ -73,10 +74,7 @@ pub async fn serve(listeners: Vec<TcpListener>, app: App, shutdown: Cancellation
                 let permit = match limits.try_acquire(peer.ip()) {
                     Ok(permit) => permit,
                     Err(refusal) => {
-                        app.metrics.refused(match refusal {
-                            ConnectionRefusal::Total(_) => "too_many_connections",
-                            ConnectionRefusal::PerIp(_) => "too_many_per_ip",
-                        });
+                        app.metrics.refused(ApiError::from(refusal).reason());
                         if let Ok(slot) = refusals.clone().try_acquire_owned() {
                             let plain = app.config.tls.is_none();
                             tokio::spawn(async move {

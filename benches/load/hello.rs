@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use crate::target::{Target, Tmpl};
+use crate::target::Target;
 
 pub(crate) fn hello_server() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -46,13 +46,6 @@ pub(crate) fn spawn_hello() -> Result<Target, String> {
     BufReader::new(child.stdout.take().expect("piped"))
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
-    let base = line.trim().to_string();
-    let pid = child.id();
-    Ok(Target {
-        sub: Tmpl::parse(&format!("{base}/stream?channel={{room}}"))?,
-        publ: Tmpl::parse(&format!("{base}/channel/send/{{room}}/{{type}}"))?,
-        pids: vec![pid],
-        child: Some(child),
-        name: format!("hyper hello (pid {pid})"),
-    })
+    let name = format!("hyper hello (pid {})", child.id());
+    Target::spawned(line.trim(), child, name)
 }

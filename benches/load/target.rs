@@ -87,14 +87,21 @@ pub(crate) fn spawn_relay(o: &Opts) -> Result<Target, String> {
         let _ = child.kill();
         return Err("sigrelay printed no http://127.0.0.1 URL".into());
     };
-    let pid = child.id();
-    Ok(Target {
-        sub: Tmpl::parse(&format!("{base}/stream?channel={{room}}"))?,
-        publ: Tmpl::parse(&format!("{base}/channel/send/{{room}}/{{type}}"))?,
-        pids: vec![pid],
-        child: Some(child),
-        name: format!("sigrelay (pid {pid}, {base})"),
-    })
+    let name = format!("sigrelay (pid {}, {base})", child.id());
+    Target::spawned(&base, child, name)
+}
+
+impl Target {
+    /// A server this generator started, speaking sigrelay's API at `base`.
+    pub(crate) fn spawned(base: &str, child: Child, name: String) -> Result<Target, String> {
+        Ok(Target {
+            sub: Tmpl::parse(&format!("{base}/stream?channel={{room}}"))?,
+            publ: Tmpl::parse(&format!("{base}/channel/send/{{room}}/{{type}}"))?,
+            pids: vec![child.id()],
+            child: Some(child),
+            name,
+        })
+    }
 }
 
 pub(crate) fn target(o: &Opts) -> Result<Target, String> {

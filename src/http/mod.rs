@@ -164,6 +164,30 @@ impl App {
         response
     }
 
+    /// The origin policy (`origin.rs`) for a request seen as `seen`, with `--cors-origin`.
+    fn origin_verdict<B>(
+        &self,
+        req: &Request<B>,
+        seen: &forwarded::View,
+    ) -> Result<origin::Verdict, ApiError> {
+        origin::check(req, seen, &self.config.cors_origins)
+    }
+
+    /// Any method of a relay endpoint other than its own (`allow` names them): a preflight
+    /// answer for `OPTIONS`, 405 otherwise; either way only past the origin check.
+    fn preflight_or_refuse<B>(
+        &self,
+        req: &Request<B>,
+        client: Client,
+        allow: &'static str,
+    ) -> Result<Response<Body>, ApiError> {
+        let verdict = self.origin_verdict(req, &self.view(req, client))?;
+        match *req.method() {
+            Method::OPTIONS => Ok(origin::preflight(&verdict, allow)),
+            _ => Err(ApiError::MethodNotAllowed(allow)),
+        }
+    }
+
     /// The admission of `GET /stream`, for the route and `http::fast` alike: Host, origin,
     /// then the stream's own checks and the subscription. Gives the response head's fields
     /// and the open stream.
@@ -173,7 +197,7 @@ impl App {
         client: Client,
     ) -> Result<(http::HeaderMap, stream::OpenStream), ApiError> {
         require_host(req)?;
-        let verdict = origin::check(req, &self.view(req, client), &self.config.cors_origins)?;
+        let verdict = self.origin_verdict(req, &self.view(req, client))?;
         let open = stream::open(self, req).await?;
         let mut headers = http::HeaderMap::new();
         stream::stream_headers(&mut headers);
@@ -193,7 +217,7 @@ impl App {
         require_host(req)?;
         // The real client and the page's origin, behind a trusted proxy too.
         let seen = self.view(req, client);
-        let verdict = origin::check(req, &seen, &self.config.cors_origins)?;
+        let verdict = self.origin_verdict(req, &seen)?;
         self.post_limiter
             .check(seen.client)
             .map_err(ApiError::TooManyRequests)?;
@@ -267,15 +291,7 @@ impl App {
         if path == "/stream" {
             return match *req.method() {
                 Method::GET => stream::subscribe(self, &req, client).await,
-                Method::OPTIONS => {
-                    let verdict =
-                        origin::check(&req, &self.view(&req, client), &self.config.cors_origins)?;
-                    Ok(origin::preflight(&verdict, "GET, OPTIONS"))
-                }
-                _ => {
-                    origin::check(&req, &self.view(&req, client), &self.config.cors_origins)?;
-                    Err(ApiError::MethodNotAllowed("GET, OPTIONS"))
-                }
+                _ => self.preflight_or_refuse(&req, client, "GET, OPTIONS"),
             };
         }
         if path.starts_with("/channel/send/") {
@@ -284,15 +300,7 @@ impl App {
                     let admitted = self.admit_publish(&req, client)?;
                     publish::publish(self, admitted, req).await
                 }
-                Method::OPTIONS => {
-                    let verdict =
-                        origin::check(&req, &self.view(&req, client), &self.config.cors_origins)?;
-                    Ok(origin::preflight(&verdict, "POST, OPTIONS"))
-                }
-                _ => {
-                    origin::check(&req, &self.view(&req, client), &self.config.cors_origins)?;
-                    Err(ApiError::MethodNotAllowed("POST, OPTIONS"))
-                }
+                _ => self.preflight_or_refuse(&req, client, "POST, OPTIONS"),
             };
         }
         let page = match path {
