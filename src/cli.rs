@@ -304,9 +304,9 @@ pub struct Cli {
     )]
     pub body_timeout: f64,
 
-    /// Seconds an event stream may go without its client taking anything from the socket;
-    /// then it is reset (its kernel buffers freed at once) and the client resumes from
-    /// history when it reconnects.
+    /// Seconds a plain-http event stream may go without its client taking anything from the
+    /// socket; then it is reset (its kernel buffers freed at once) and the client resumes from
+    /// history when it reconnects. (Streams served over TLS or HTTP/2 are not covered yet.)
     #[arg(
         long = "stall-timeout",
         value_name = "SECS",
